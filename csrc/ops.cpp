@@ -1,0 +1,43 @@
+// The diffupose operator library: one schema per op. Kernels register themselves per
+// dispatch key in their own files (mgcn_cpu.cpp, sampler_cpu.cpp, cuda/*.cu); the fake
+// (meta) kernels and the autograd formulas are registered from Python (diffupose/ops/).
+#include <torch/extension.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(diffupose, m) {
+  // Modulated graph convolution with fused epilogue, for x [B, J, C_in]:
+  //   pre = diag(a)[:, None] * (m * (x @ w[0])) + offdiag(a) @ (m * (x @ w[1])) + bias
+  //   out = act(pre * (1 + scale) + shift) + residual,  (scale, shift) = scale_shift[b or 0]
+  // w [2, C_in, C_out], m [J, C_out], a [J, J], bias [C_out], scale_shift [1 or B, 2, C_out],
+  // residual [B, J, C_out]; act: 0 none, 1 relu, 2 silu. `pre` is written only when
+  // save_pre (training), else it is an empty tensor.
+  m.def("mgcn_fwd(Tensor x, Tensor w, Tensor m, Tensor a, Tensor bias, Tensor? scale_shift, "
+        "Tensor? residual, int act, bool save_pre) -> (Tensor out, Tensor pre)");
+  // Gradients of mgcn_fwd from grad_out and the saved pre: (dx, dw, dm, da, dbias, dscale_shift);
+  // dscale_shift is empty when scale_shift is None. The residual's gradient is grad_out itself.
+  m.def("mgcn_bwd(Tensor grad_out, Tensor x, Tensor w, Tensor m, Tensor a, Tensor pre, "
+        "Tensor? scale_shift, int act) -> (Tensor dx, Tensor dw, Tensor dm, Tensor da, "
+        "Tensor dbias, Tensor dscale_shift)");
+  // One DDIM/DDPM step for x [M, J, D] (M = B * n_hyp, hypotheses of a frame adjacent):
+  //   x0 = clip((x - sqrt_1m_abar * eps) / sqrt_abar); eps' = (x - sqrt_abar * x0) / sqrt_1m_abar
+  //   x_prev = c_x0 * x0 + c_eps * eps' + sigma * z
+  // z = philox_normal(rng_state[0], rng_state[1] + counter_offset + i) for element i.
+  // With aggregate, also the mean over the n_hyp hypotheses [B, J, D] and the per-joint
+  // spread sqrt(mean_n |x_prev - mean|^2) [B, J]; otherwise those two are empty.
+  m.def("sampler_step(Tensor x, Tensor eps, Tensor rng_state, int counter_offset, "
+        "float sqrt_abar, float sqrt_1m_abar, float c_x0, float c_eps, float sigma, float clip, "
+        "int n_hyp, bool aggregate) -> (Tensor x_prev, Tensor mean, Tensor spread)");
+}
+
+static bool with_cuda() {
+#ifdef DIFFUPOSE_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "diffupose fused kernels (ops are in torch.ops.diffupose)";
+  m.def("with_cuda", &with_cuda, "whether the CUDA kernels were compiled into this build");
+}

@@ -1,0 +1,8 @@
+"""DiffuPose: multi-hypothesis 3D human pose lifting with a diffusion model on fused kernels.
+
+`import diffupose` works without the compiled extension; the fused C++/CUDA ops then raise a
+clear error naming the fix, and the reference and Triton backends still run.
+"""
+__version__ = "0.1.0"
+
+from .skeleton import H36M16, H36M17, HUMANEVA15, Skeleton, get_skeleton  # noqa: E402,F401

@@ -1,0 +1,212 @@
+"""Diffusion: noise schedules, q_sample, the training loss, and the DDPM / DDIM sampling loop.
+
+Indexing: t in {0, ..., T-1}; x_t = sqrt(abar[t]) x0 + sqrt(1 - abar[t]) eps. Sampling walks a
+descending list of timesteps ending at 0; the step from t to t_prev uses abar_prev = abar[t_prev]
+(1 after the last step, so the last step returns the x0 estimate). DDIM with k steps uses k
+evenly spaced timesteps and eta (0: deterministic); DDPM is all T steps with the posterior
+variance, which is DDIM with k = T and eta = 1.
+
+Poses here are in normalised units: x0 = root-relative metres / pose_scale (see the config).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .ops import NOISE_COEFS, StepCoefs, sampler_step
+from .skeleton import Skeleton, flip_pose, get_skeleton
+
+SCHEDULES = ("cosine", "linear")
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "cosine"
+    T: int = 100
+    cosine_s: float = 0.008
+    lambda_y: float = 0.1  # weight of the 2D-reconstruction L1 term
+    joint_weights: str = "extremities"  # "uniform", "extremities", or comma-separated floats
+    clip_x0: float = 0.0  # clip the x0 estimate to [-clip, clip] in normalised units; 0: off
+    pose_scale: float = 0.25  # metres per normalised unit
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+        if self.T < 1:
+            raise ValueError(f"T must be >= 1, got {self.T}")
+        if not self.pose_scale > 0:
+            raise ValueError(f"pose_scale must be > 0, got {self.pose_scale}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiffusionConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"diffusion config has unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules
+# ---------------------------------------------------------------------------------------------
+def cosine_alpha_bar(T: int, s: float = 0.008) -> Tensor:
+    """abar[t] = f(t + 1) / f(0), f(u) = cos((u / T + s) / (1 + s) * pi / 2)^2, betas clipped at
+    0.999 (Nichol & Dhariwal 2021). float64 [T]."""
+    u = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2
+    abar = f / f[0]
+    betas = (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    return torch.cumprod(1 - betas, 0)
+
+
+def linear_alpha_bar(T: int) -> Tensor:
+    """Linear betas from 1e-4 to 0.02, scaled by 1000 / T so that short chains still end in noise."""
+    scale = 1000.0 / T
+    betas = torch.linspace(scale * 1e-4, min(scale * 0.02, 0.999), T, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0)
+
+
+def joint_weights(spec: str, skeleton: Skeleton) -> Tensor:
+    """Per-joint loss weights [J], mean 1. 'extremities' weighs knees, elbows and the head 1.5x
+    and ankles and wrists 2x the torso, where lifting errors are largest."""
+    J = skeleton.num_joints
+    if spec == "uniform":
+        w = torch.ones(J)
+    elif spec == "extremities":
+        heavy = {"r_knee": 1.5, "l_knee": 1.5, "r_elbow": 1.5, "l_elbow": 1.5, "head": 1.5, "nose": 1.5,
+                 "r_ankle": 2.0, "l_ankle": 2.0, "r_wrist": 2.0, "l_wrist": 2.0}
+        w = torch.tensor([heavy.get(n, 1.0) for n in skeleton.joints])
+    else:
+        try:
+            w = torch.tensor([float(v) for v in spec.split(",")])
+        except ValueError:
+            raise ValueError(f"joint weights {spec!r}: expected 'uniform', 'extremities' or {J} numbers") from None
+        if w.numel() != J or not torch.all(w > 0):
+            raise ValueError(f"joint weights: need {J} positive numbers for {skeleton.name}, got {spec!r}")
+    return w / w.mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# the process
+# ---------------------------------------------------------------------------------------------
+Denoiser = Callable[..., tuple[Tensor, Tensor]]  # (x_t, y, t, backend=None) -> (eps, y_hat)
+
+
+class Diffusion:
+    def __init__(self, cfg: DiffusionConfig):
+        self.cfg = cfg
+        self.T = cfg.T
+        self.alpha_bar = cosine_alpha_bar(cfg.T, cfg.cosine_s) if cfg.schedule == "cosine" else linear_alpha_bar(cfg.T)
+
+    # -- training ------------------------------------------------------------------------------
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        ab = self.alpha_bar.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def loss(self, model: Denoiser, x0: Tensor, y: Tensor, weights: Tensor, t: Optional[Tensor] = None,
+             noise: Optional[Tensor] = None) -> tuple[Tensor, dict]:
+        """L1(eps) + lambda * L1(y), both weighted per joint; x0 [B, J, 3] normalised, y [B, J, 2]."""
+        B = x0.shape[0]
+        if t is None:
+            t = torch.randint(0, self.T, (B,), device=x0.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        eps, y_hat = model(self.q_sample(x0, t, noise), y, t)
+        w = weights.to(x0.device)[:, None]
+        l_eps = ((eps.float() - noise).abs() * w).mean()
+        l_y = ((y_hat.float() - y).abs() * w).mean()
+        total = l_eps + self.cfg.lambda_y * l_y
+        return total, {"loss": total.detach(), "l_eps": l_eps.detach(), "l_y": l_y.detach()}
+
+    # -- sampling ------------------------------------------------------------------------------
+    def timesteps(self, steps: Optional[int]) -> list[int]:
+        """Descending timesteps: all T for DDPM (steps None or T), else k evenly spaced."""
+        if steps is None or steps >= self.T:
+            return list(range(self.T - 1, -1, -1))
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        ts = torch.linspace(self.T - 1, 0, steps, dtype=torch.float64).round().long().tolist()
+        return list(dict.fromkeys(ts))  # unique, order kept
+
+    def plan(self, steps: Optional[int] = None, eta: float = 0.0, ddpm: bool = False) -> list[tuple[int, StepCoefs]]:
+        """(t, coefficients) of each step. ddpm=True: all T steps with the posterior variance."""
+        if ddpm:
+            steps, eta = None, 1.0
+        ts = self.timesteps(steps)
+        ab = self.alpha_bar
+        out = []
+        for i, t in enumerate(ts):
+            a_t = float(ab[t])
+            a_prev = float(ab[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+            sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) if eta > 0 else 0.0
+            c_eps = math.sqrt(max(1 - a_prev - sigma * sigma, 0.0))
+            out.append((t, StepCoefs(math.sqrt(a_t), math.sqrt(1 - a_t), math.sqrt(a_prev), c_eps, sigma,
+                                     self.cfg.clip_x0)))
+        return out
+
+    def sample(self, model: Denoiser, y: Tensor, n_hyp: int = 1, steps: Optional[int] = 5, eta: float = 0.0,
+               ddpm: bool = False, rng_state: Optional[Tensor] = None, seed: int = 0,
+               flip: Optional[Union[Skeleton, str]] = None, backend: Optional[str] = None):
+        """Draw n_hyp hypotheses per 2D pose y [B, J, 2] (normalised screen coordinates).
+
+        Returns (hypotheses [B, n_hyp, J, 3], mean [B, J, 3], spread [B, J]) in normalised units.
+        The noise comes from rng_state (int64 [seed, offset] on y's device; made from `seed` if
+        None), which is advanced past the numbers used, so a repeated call draws fresh noise and
+        a captured graph of this loop does too. flip: average the noise prediction with that of
+        the mirrored pose (test-time flip augmentation). Nothing here sees ground truth.
+        """
+        B, J, _ = y.shape
+        M = B * n_hyp
+        if rng_state is None:
+            rng_state = torch.tensor([seed, 0], dtype=torch.int64, device=y.device)
+        skel = get_skeleton(flip) if isinstance(flip, str) else flip
+        yy = y.repeat_interleave(n_hyp, 0)  # [M, J, 2], a frame's hypotheses adjacent
+        plan = self.plan(steps, eta, ddpm)
+        numel = M * J * 3
+        zeros = y.new_zeros(M, J, 3, dtype=torch.float32)
+        x, _, _ = sampler_step(zeros, zeros, rng_state, 0, NOISE_COEFS, backend=backend)  # x_T ~ N(0, I)
+        mean = spread = None
+        for i, (t, coefs) in enumerate(plan):
+            t_in = torch.full((1,), t, dtype=torch.long, device=y.device)
+            eps = denoise(model, x, yy, t_in, skel, backend)
+            last = i == len(plan) - 1
+            x, mean, spread = sampler_step(x, eps, rng_state, (i + 1) * numel, coefs, n_hyp, last, backend=backend)
+        rng_state[1] += (len(plan) + 1) * numel
+        return x.view(B, n_hyp, J, 3), mean, spread
+
+
+def denoise(model: Denoiser, x: Tensor, y: Tensor, t: Tensor, flip: Optional[Skeleton] = None,
+            backend: Optional[str] = None) -> Tensor:
+    """The model's noise prediction, optionally averaged with its mirrored prediction."""
+    if flip is None:
+        return model(x, y, t, backend=backend)[0]
+    xx = torch.cat([x, flip_pose(x, flip)], 0)
+    yy = torch.cat([y, flip_pose(y, flip)], 0)
+    eps = model(xx, yy, t, backend=backend)[0]
+    half = x.shape[0]
+    return 0.5 * (eps[:half] + flip_pose(eps[half:], flip))
+
+
+def check_pose2d(y: Tensor, num_joints: int, name: str = "2D poses") -> None:
+    """Clear errors for 2D inputs the model cannot lift: shape, joint count, NaN/inf."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(y).__name__}")
+    if y.dim() != 3 or y.shape[-1] != 2:
+        raise ValueError(f"{name}: expected [frames, joints, 2], got shape {tuple(y.shape)}")
+    if y.shape[1] != num_joints:
+        raise ValueError(f"{name}: {y.shape[1]} joints, but the model expects {num_joints}")
+    if y.shape[0] == 0:
+        raise ValueError(f"{name}: no frames")
+    if not torch.isfinite(y).all():
+        bad = (~torch.isfinite(y)).any(-1).any(-1).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{name}: NaN or infinite values in frames {bad}")
+
+
+__all__: Sequence[str] = ("Diffusion", "DiffusionConfig", "SCHEDULES", "check_pose2d", "cosine_alpha_bar",
+                          "denoise", "joint_weights", "linear_alpha_bar")

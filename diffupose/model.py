@@ -1,0 +1,216 @@
+"""The DiffuPose denoiser (a modulated GCN) and the baselines of the paper's ablation.
+
+Every denoiser maps (x_t [B, J, 3], y [B, J, 2], t [B] or [1]) -> (eps [B, J, 3], y_hat [B, J, 2]):
+the noise in the noisy 3D pose x_t and a reconstruction of the 2D condition y. A t of shape [1]
+is broadcast to the whole batch (as in sampling, where all samples share one timestep).
+
+- GCNDenoiser: DiffuPose. Modulated graph convolutions on the skeleton; residual blocks whose
+  first convolution takes the timestep scale-shift; d_model 256 (384 available).
+- MLPDenoiser, UNetDenoiser: the ablation's fully connected denoisers on the flattened pose.
+- GCNRegressor: the same GCN without diffusion, y -> x0 directly (a deterministic baseline).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .layers import FiLM, ModulatedGraphConv, TimestepEmbedding
+from .skeleton import Skeleton, get_skeleton
+
+ARCHS = ("gcn", "mlp", "unet", "regressor")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "gcn"
+    skeleton: str = "h36m17"
+    d_model: int = 256
+    n_blocks: int = 4
+    d_time: int = 128
+    act: str = "silu"
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
+        get_skeleton(self.skeleton)
+        if self.d_model < 1 or self.n_blocks < 0 or self.d_time < 2:
+            raise ValueError(f"bad model size: d_model={self.d_model} n_blocks={self.n_blocks} d_time={self.d_time}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"model config has unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def _time_input(t: Tensor, batch: int) -> Tensor:
+    t = torch.as_tensor(t)
+    if t.dim() == 0:
+        t = t[None]
+    if t.shape[0] not in (1, batch):
+        raise ValueError(f"t has {t.shape[0]} entries for a batch of {batch}")
+    return t
+
+
+class GCNBackbone(nn.Module):
+    """in-conv (c_in -> d), n_blocks residual blocks [conv + timestep scale-shift, conv + residual],
+    out-conv (d -> c_out), on [B, J, C]. Without d_time the blocks take no timestep."""
+
+    def __init__(self, skeleton: Skeleton, c_in: int, c_out: int, d_model: int, n_blocks: int,
+                 d_time: Optional[int], act: str):
+        super().__init__()
+        adj = skeleton.adjacency()
+        self.inp = ModulatedGraphConv(c_in, d_model, adj, act)
+        self.convs1 = nn.ModuleList(ModulatedGraphConv(d_model, d_model, adj, act) for _ in range(n_blocks))
+        self.convs2 = nn.ModuleList(ModulatedGraphConv(d_model, d_model, adj, act) for _ in range(n_blocks))
+        self.films = nn.ModuleList(FiLM(d_time, d_model) for _ in range(n_blocks)) if d_time else None
+        self.out = ModulatedGraphConv(d_model, c_out, adj, "none", init_gain=0.1)
+
+    def forward(self, h: Tensor, temb: Optional[Tensor] = None, backend: Optional[str] = None) -> Tensor:
+        h = self.inp(h, backend=backend)
+        for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
+            ss = self.films[i](temb) if self.films is not None else None
+            r = h
+            h = c1(h, scale_shift=ss, backend=backend)
+            h = c2(h, residual=r, backend=backend)
+        return self.out(h, backend=backend)
+
+
+class GCNDenoiser(nn.Module):
+    """DiffuPose's denoiser: per joint [x_t, y] (5 channels) -> [eps, y_hat] (5 channels)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.skeleton = get_skeleton(cfg.skeleton)
+        self.temb = TimestepEmbedding(cfg.d_time)
+        self.net = GCNBackbone(self.skeleton, 5, 5, cfg.d_model, cfg.n_blocks, cfg.d_time, cfg.act)
+
+    def forward(self, x_t: Tensor, y: Tensor, t: Tensor, backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
+        emb = self.temb(_time_input(t, x_t.shape[0]).to(x_t.device))
+        o = self.net(torch.cat([x_t, y.to(x_t.dtype)], dim=-1), emb, backend)
+        return o[..., :3], o[..., 3:]
+
+
+class GCNRegressor(nn.Module):
+    """The same GCN without diffusion: y [B, J, 2] -> x0 [B, J, 3], deterministic."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.skeleton = get_skeleton(cfg.skeleton)
+        self.net = GCNBackbone(self.skeleton, 2, 3, cfg.d_model, cfg.n_blocks, None, cfg.act)
+
+    def forward(self, y: Tensor, backend: Optional[str] = None) -> Tensor:
+        return self.net(y, None, backend)
+
+
+class _ResMLPBlock(nn.Module):
+    def __init__(self, width: int, d_time: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
+        self.film = FiLM(d_time, width)
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        ss = self.film(emb)
+        u = torch.nn.functional.silu(self.fc1(h) * (1 + ss[:, 0]) + ss[:, 1])
+        return h + torch.nn.functional.silu(self.fc2(u))
+
+
+class MLPDenoiser(nn.Module):
+    """Fully connected denoiser on the flattened pose, residual blocks with timestep scale-shift.
+    Its width is chosen so that its parameter count is close to the GCN's of the same config."""
+
+    def __init__(self, cfg: ModelConfig, width: Optional[int] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.skeleton = get_skeleton(cfg.skeleton)
+        J = self.skeleton.num_joints
+        width = width or matched_width(cfg, MLPDenoiser)
+        self.temb = TimestepEmbedding(cfg.d_time)
+        self.inp = nn.Linear(J * 5, width)
+        self.blocks = nn.ModuleList(_ResMLPBlock(width, cfg.d_time) for _ in range(cfg.n_blocks))
+        self.out = nn.Linear(width, J * 5)
+
+    def forward(self, x_t: Tensor, y: Tensor, t: Tensor, backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
+        B, J, _ = x_t.shape
+        emb = self.temb(_time_input(t, B).to(x_t.device)).expand(B, -1)
+        h = self.inp(torch.cat([x_t, y.to(x_t.dtype)], -1).reshape(B, J * 5))
+        for blk in self.blocks:
+            h = blk(h, emb)
+        o = self.out(h).view(B, J, 5)
+        return o[..., :3], o[..., 3:]
+
+
+class UNetDenoiser(nn.Module):
+    """U-Net-style fully connected denoiser: widths halve on the way down and double on the way
+    up, with skip connections, timestep scale-shift at every level."""
+
+    def __init__(self, cfg: ModelConfig, width: Optional[int] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.skeleton = get_skeleton(cfg.skeleton)
+        J = self.skeleton.num_joints
+        width = width or matched_width(cfg, UNetDenoiser)
+        levels = max(1, cfg.n_blocks // 2)
+        widths = [max(16, width // (2 ** i)) for i in range(levels + 1)]
+        self.temb = TimestepEmbedding(cfg.d_time)
+        self.inp = nn.Linear(J * 5, widths[0])
+        self.down = nn.ModuleList(nn.Linear(widths[i], widths[i + 1]) for i in range(levels))
+        self.down_film = nn.ModuleList(FiLM(cfg.d_time, widths[i + 1]) for i in range(levels))
+        self.mid = _ResMLPBlock(widths[-1], cfg.d_time)
+        self.up = nn.ModuleList(nn.Linear(2 * widths[i + 1], widths[i]) for i in reversed(range(levels)))
+        self.up_film = nn.ModuleList(FiLM(cfg.d_time, widths[i]) for i in reversed(range(levels)))
+        self.out = nn.Linear(2 * widths[0], J * 5)
+
+    def forward(self, x_t: Tensor, y: Tensor, t: Tensor, backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
+        B, J, _ = x_t.shape
+        act = torch.nn.functional.silu
+        emb = self.temb(_time_input(t, B).to(x_t.device)).expand(B, -1)
+        h = act(self.inp(torch.cat([x_t, y.to(x_t.dtype)], -1).reshape(B, J * 5)))
+        skips = [h]
+        for lin, film in zip(self.down, self.down_film):
+            ss = film(emb)
+            h = act(lin(h) * (1 + ss[:, 0]) + ss[:, 1])
+            skips.append(h)
+        h = self.mid(h, emb)
+        for lin, film in zip(self.up, self.up_film):
+            ss = film(emb)
+            h = act(lin(torch.cat([h, skips.pop()], -1)) * (1 + ss[:, 0]) + ss[:, 1])
+        o = self.out(torch.cat([h, skips.pop()], -1)).view(B, J, 5)
+        return o[..., :3], o[..., 3:]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def matched_width(cfg: ModelConfig, cls) -> int:
+    """Width (a multiple of 8) of a fully connected baseline whose parameter count is closest to
+    that of the GCN denoiser of the same config (the ablation compares at equal size)."""
+    def size(make) -> int:
+        with torch.device("meta"):  # counts without initialising
+            return count_parameters(make())
+
+    target = size(lambda: GCNDenoiser(ModelConfig(**{**cfg.to_dict(), "arch": "gcn"})))
+    lo, hi = 1, 1024  # in units of 8
+    while lo < hi:  # smallest width whose count reaches the target
+        mid = (lo + hi) // 2
+        if size(lambda: cls(cfg, width=8 * mid)) < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    best = min((w for w in (lo - 1, lo) if w >= 1), key=lambda w: abs(size(lambda: cls(cfg, width=8 * w)) - target))
+    return 8 * best
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    return {"gcn": GCNDenoiser, "mlp": MLPDenoiser, "unet": UNetDenoiser, "regressor": GCNRegressor}[cfg.arch](cfg)

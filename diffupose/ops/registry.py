@@ -1,0 +1,29 @@
+"""Registration helpers shared by every fused op: fake kernels and the autograd wiring.
+
+An op has one schema per implementation family: the C++ ops (`diffupose::foo`, CPU and CUDA
+kernels from diffupose._C, schema in csrc/ops.cpp) and the Triton ops (`diffupose::foo_triton`,
+defined in Python). Both get the same fake kernel and the same autograd formula from here, so
+torch.compile and CUDA graphs see every backend the same way.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import backend as _backend
+
+_registered: set[str] = set()
+
+
+def cpp_op(name: str):
+    """torch.ops.diffupose.<name> from diffupose._C; BackendUnavailable (with the fix) if not built."""
+    _backend.extension()
+    return getattr(torch.ops.diffupose, name)
+
+
+def register_once(key: str, fn: Callable[[], None]) -> None:
+    """Run a registration once per process (register_fake / register_autograd raise on repeats)."""
+    if key not in _registered:
+        fn()
+        _registered.add(key)

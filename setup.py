@@ -1,0 +1,137 @@
+"""Build diffupose and its extension diffupose._C.
+
+The C++ (CPU) sources in csrc/*.cpp are always compiled; the CUDA sources in csrc/cuda/*.cu
+are compiled when a CUDA build of torch and nvcc are present.
+
+Environment switches:
+  DIFFUPOSE_FORCE_CUDA=1   build the CUDA sources even if auto-detection says no (fails loudly
+                           if torch is a CPU build or nvcc cannot be found)
+  DIFFUPOSE_SKIP_CUDA=1    never build the CUDA sources
+  DIFFUPOSE_SKIP_EXT=1     install the pure-Python package only
+  TORCH_CUDA_ARCH_LIST     target architectures (default "8.0;8.6;9.0": Ampere and Hopper)
+  CUDA_HOME                toolkit root; found from nvcc (wrapper scripts followed) if unset
+  MAX_JOBS                 parallel compile jobs (ninja)
+
+Install with `pip install --no-build-isolation -e .` so that the extension is compiled against
+the torch of the target environment (build isolation would fetch another torch).
+"""
+import glob
+import os
+import re
+import shutil
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;8.6;9.0"
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _real_nvcc(path):
+    """Follow symlinks and the `exec /real/nvcc "$@"` wrapper scripts some machines install."""
+    path = os.path.realpath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return path
+    if head.startswith(b"#!"):
+        m = re.search(rb"exec\s+\"?([^\s\"]+/nvcc)\"?", head)
+        if m:
+            return os.path.realpath(m.group(1).decode())
+    return path
+
+
+def _find_cuda_home():
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    if os.environ.get("CUDA_PATH"):
+        return os.environ["CUDA_PATH"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return os.path.dirname(os.path.dirname(_real_nvcc(nvcc)))
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    return None
+
+
+def _extensions():
+    if _flag("DIFFUPOSE_SKIP_EXT"):
+        print("diffupose: DIFFUPOSE_SKIP_EXT=1, installing without diffupose._C")
+        return [], {}
+    # CUDA_HOME must be settled before torch.utils.cpp_extension reads it at import time.
+    cuda_home = _find_cuda_home()
+    if cuda_home:
+        os.environ["CUDA_HOME"] = cuda_home
+    try:
+        import torch
+        from torch.utils import cpp_extension as ce
+    except ImportError:
+        print(
+            "diffupose: WARNING torch is not importable at build time, so diffupose._C is not built.\n"
+            "  Install torch first, then `pip install --no-build-isolation -e .`",
+            file=sys.stderr,
+        )
+        return [], {}
+
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    have_nvcc = cuda_home is not None and os.path.exists(os.path.join(cuda_home, "bin", "nvcc"))
+    if _flag("DIFFUPOSE_SKIP_CUDA"):
+        with_cuda = False
+    elif _flag("DIFFUPOSE_FORCE_CUDA"):
+        if torch.version.cuda is None:
+            raise RuntimeError("DIFFUPOSE_FORCE_CUDA=1 but torch %s is a CPU build" % torch.__version__)
+        if not have_nvcc:
+            raise RuntimeError("DIFFUPOSE_FORCE_CUDA=1 but nvcc was not found (set CUDA_HOME)")
+        with_cuda = True
+    else:
+        with_cuda = torch.version.cuda is not None and have_nvcc
+    print("diffupose: building diffupose._C (CPU%s), CUDA_HOME=%s" % (" + CUDA" if with_cuda else " only", cuda_home))
+
+    cxx = ["-O3", "-fopenmp"]  # the C++ standard is chosen by torch (C++20 for torch >= 2.14)
+    extra = {"cxx": cxx}
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if with_cuda:
+        # Without a GPU torch cannot guess the architectures (and fails with an IndexError).
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+        extra["cxx"] = cxx + ["-DDIFFUPOSE_WITH_CUDA"]
+        extra["nvcc"] = ["-O3", "-DDIFFUPOSE_WITH_CUDA", "--use_fast_math",
+                         "-lineinfo", "--expt-relaxed-constexpr"]
+        ext = ce.CUDAExtension("diffupose._C", sources + cuda_sources, include_dirs=include_dirs,
+                               extra_compile_args=extra, extra_link_args=["-fopenmp"])
+    else:
+        ext = ce.CppExtension("diffupose._C", sources, include_dirs=include_dirs,
+                              extra_compile_args=extra, extra_link_args=["-fopenmp"])
+    return [ext], {"build_ext": ce.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="diffupose",
+    version="0.1.0",
+    description="Multi-hypothesis 3D human pose lifting with diffusion models, on fused kernels",
+    python_requires=">=3.10",
+    # kernels/ (Triton) is the subpackage diffupose.kernels through the link diffupose/kernels.
+    packages=["diffupose", "diffupose.ops", "diffupose.data", "diffupose.kernels"],
+    package_data={"diffupose": ["assets/*", "assets/**/*"]},
+    install_requires=[
+        "torch>=2.4,<2.15",
+        "numpy>=1.24,<3",
+        "tqdm>=4.60,<5",
+        "safetensors>=0.4,<1",
+        "matplotlib>=3.6,<4",
+    ],
+    extras_require={
+        "triton": ["triton>=3.0,<4"],
+        "dev": ["pytest>=7,<10", "pytest-benchmark>=4,<6", "pytest-timeout>=2,<3"],
+    },
+    entry_points={"console_scripts": ["diffupose=diffupose.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

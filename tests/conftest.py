@@ -1,0 +1,16 @@
+"""Test set-up. Triton kernels run on CPU tensors under the interpreter where there is no GPU;
+TRITON_INTERPRET must be set before triton is first imported, so it is set here."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,76 @@
+"""Shared by the tests: error metrics against fp64 references, output poisoning, device lists."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref||, computed in float64; NaN anywhere gives inf (never passes)."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if out.shape != ref.shape:
+        raise AssertionError(f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
+    if not torch.isfinite(out).all():
+        return float("inf")
+    den = ref.norm().item()
+    return (out - ref).norm().item() / max(den, 1e-30)
+
+
+def assert_matches(kernel: torch.Tensor, ref64: torch.Tensor, torch_same_dtype: torch.Tensor | None = None,
+                   factor: float = 2.0, floor: float = 1e-5, name: str = "") -> None:
+    """The kernel's error against the fp64 reference is at most `factor` times that of PyTorch
+    doing the same math in the kernel's dtype (plus a floor for exact-arithmetic cases)."""
+    e_k = rel_err(kernel, ref64)
+    bound = floor if torch_same_dtype is None else max(factor * rel_err(torch_same_dtype, ref64), floor)
+    assert e_k <= bound, f"{name}: error {e_k:.3e} > bound {bound:.3e}"
+
+
+@contextlib.contextmanager
+def poisoned():
+    """torch.empty (also at::empty inside the C++ ops) fills new float tensors with NaN, so an
+    element a kernel forgets to write fails the comparison instead of passing as zero."""
+    import torch.utils.deterministic as det
+
+    was_on = torch.are_deterministic_algorithms_enabled()
+    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = det.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    det.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        det.fill_uninitialized_memory = was_fill
+        torch.use_deterministic_algorithms(was_on, warn_only=was_warn)
+
+
+def kernel_device(backend: str) -> torch.device:
+    """Where a backend's tests run: cuda for 'cuda', cuda or the interpreter's CPU for 'triton'."""
+    if backend == "cpu":
+        return torch.device("cpu")
+    if backend == "cuda":
+        return torch.device("cuda")
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def skip_unless_backend(backend: str) -> None:
+    """Skip, with the reason shown, where a backend cannot run here."""
+    from diffupose import ops
+
+    if backend == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("cuda backend: no CUDA device on this machine (CI compiles the CUDA sources only)")
+        if not ops.has_cuda_kernels():
+            pytest.skip("cuda backend: diffupose._C was built without CUDA kernels")
+    elif backend == "cpu":
+        if not ops.has_extension():
+            pytest.skip("cpu backend: diffupose._C is not built")
+    elif backend == "triton":
+        if not ops.has_triton():
+            pytest.skip("triton backend: triton is not installed")
+        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("triton backend: no GPU and TRITON_INTERPRET is not 1")
