@@ -180,3 +180,7 @@ def mgcn(x: Tensor, w: Tensor, m: Tensor, a: Tensor, bias: Tensor, scale_shift: 
             t is not None and t.requires_grad for t in (x3, w, m, a, bias, scale_shift, res3))
         out, _ = op(x3.contiguous(), w, m, a, bias, scale_shift, res3, ACTIVATIONS[act], save_pre)
     return out.reshape(*lead, J, cout)
+
+
+if _backend.has_extension():  # register fake + autograd now, so direct torch.ops calls see them
+    _cpp_ops()

@@ -117,3 +117,7 @@ def sampler_step(x: Tensor, eps: Tensor, rng_state: Tensor, counter_offset: int,
     op = _triton_op() if name == "triton" else _cpp_op()
     out, mean, spread = op(x, eps, rng_state, int(counter_offset), *coefs.as_args(), int(n_hyp), bool(aggregate))
     return (out, mean, spread) if aggregate else (out, None, None)
+
+
+if _backend.has_extension():
+    _cpp_op()
