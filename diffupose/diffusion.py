@@ -152,36 +152,42 @@ class Diffusion:
 
     def sample(self, model: Denoiser, y: Tensor, n_hyp: int = 1, steps: Optional[int] = 5, eta: float = 0.0,
                ddpm: bool = False, rng_state: Optional[Tensor] = None, seed: int = 0,
-               flip: Optional[Union[Skeleton, str]] = None, backend: Optional[str] = None):
+               flip: Optional[Union[Skeleton, str]] = None, backend: Optional[str] = None,
+               dtype: torch.dtype = torch.float32, counter_stride: Optional[int] = None):
         """Draw n_hyp hypotheses per 2D pose y [B, J, 2] (normalised screen coordinates).
 
         Returns (hypotheses [B, n_hyp, J, 3], mean [B, J, 3], spread [B, J]) in normalised units.
         The noise comes from rng_state (int64 [seed, offset] on y's device; made from `seed` if
         None), which is advanced past the numbers used, so a repeated call draws fresh noise and
         a captured graph of this loop does too. flip: average the noise prediction with that of
-        the mirrored pose (test-time flip augmentation). Nothing here sees ground truth.
+        the mirrored pose (test-time flip augmentation). dtype: the denoiser's activation dtype
+        (the sampler state stays fp32). counter_stride: noise counters used per step (default the
+        number of elements); a caller that pads batches passes the padded size so that a frame
+        draws the same noise padded or not. Nothing here sees ground truth.
         """
         B, J, _ = y.shape
         M = B * n_hyp
         if rng_state is None:
             rng_state = torch.tensor([seed, 0], dtype=torch.int64, device=y.device)
         skel = get_skeleton(flip) if isinstance(flip, str) else flip
-        yy = y.repeat_interleave(n_hyp, 0)  # [M, J, 2], a frame's hypotheses adjacent
+        yy = y.to(dtype).repeat_interleave(n_hyp, 0)  # [M, J, 2], a frame's hypotheses adjacent
         plan = self.plan(steps, eta, ddpm)
         numel = M * J * 3
+        stride = numel if counter_stride is None else counter_stride
+        if stride < numel:
+            raise ValueError(f"counter_stride {stride} is smaller than the {numel} elements of a step")
         zeros = y.new_zeros(M, J, 3, dtype=torch.float32)
         x, _, _ = sampler_step(zeros, zeros, rng_state, 0, NOISE_COEFS, backend=backend)  # x_T ~ N(0, I)
         mean = spread = None
         for i, (t, coefs) in enumerate(plan):
-            t_in = torch.full((1,), t, dtype=torch.long, device=y.device)
-            eps = denoise(model, x, yy, t_in, skel, backend)
+            eps = denoise(model, x.to(dtype), yy, t, skel, backend)
             last = i == len(plan) - 1
-            x, mean, spread = sampler_step(x, eps, rng_state, (i + 1) * numel, coefs, n_hyp, last, backend=backend)
-        rng_state[1] += (len(plan) + 1) * numel
+            x, mean, spread = sampler_step(x, eps, rng_state, (i + 1) * stride, coefs, n_hyp, last, backend=backend)
+        rng_state[1] += (len(plan) + 1) * stride
         return x.view(B, n_hyp, J, 3), mean, spread
 
 
-def denoise(model: Denoiser, x: Tensor, y: Tensor, t: Tensor, flip: Optional[Skeleton] = None,
+def denoise(model: Denoiser, x: Tensor, y: Tensor, t, flip: Optional[Skeleton] = None,
             backend: Optional[str] = None) -> Tensor:
     """The model's noise prediction, optionally averaged with its mirrored prediction."""
     if flip is None:

@@ -42,9 +42,18 @@ class ModulatedGraphConv(nn.Module):
         self.Q = nn.Parameter(torch.full((J, J), 1e-6))
         bound = 1.0 / math.sqrt(c_out)
         self.bias = nn.Parameter(torch.empty(c_out).uniform_(-bound, bound))
+        self._affinity_cache: Optional[tuple[tuple, Tensor]] = None
 
     def affinity(self) -> Tensor:
-        return modulated_affinity(self.adj, self.P, self.Q)
+        """The normalised modulated affinity. Without grad (sampling) it is cached until P or Q
+        change (their version counters move on every in-place update), which keeps ~10 tiny
+        kernels per layer out of every denoiser call and out of captured graphs."""
+        if torch.is_grad_enabled():
+            return modulated_affinity(self.adj, self.P, self.Q)
+        key = (self.P._version, self.Q._version, self.P.data_ptr(), self.Q.data_ptr(), self.P.device)
+        if self._affinity_cache is None or self._affinity_cache[0] != key:
+            self._affinity_cache = (key, modulated_affinity(self.adj, self.P, self.Q))
+        return self._affinity_cache[1]
 
     def forward(self, x: Tensor, scale_shift: Optional[Tensor] = None, residual: Optional[Tensor] = None,
                 backend: Optional[str] = None) -> Tensor:

@@ -51,8 +51,9 @@ class ModelConfig:
         return cls(**d)
 
 
-def _time_input(t: Tensor, batch: int) -> Tensor:
-    t = torch.as_tensor(t)
+def _time_input(t, batch: int, device) -> Tensor:
+    """t as a tensor [1] or [batch]; t may be a Python int (sampling) or a tensor."""
+    t = torch.as_tensor(t, device=device)
     if t.dim() == 0:
         t = t[None]
     if t.shape[0] not in (1, batch):
@@ -74,10 +75,12 @@ class GCNBackbone(nn.Module):
         self.films = nn.ModuleList(FiLM(d_time, d_model) for _ in range(n_blocks)) if d_time else None
         self.out = ModulatedGraphConv(d_model, c_out, adj, "none", init_gain=0.1)
 
-    def forward(self, h: Tensor, temb: Optional[Tensor] = None, backend: Optional[str] = None) -> Tensor:
+    def forward(self, h: Tensor, scale_shifts: Optional[list[Tensor]] = None,
+                backend: Optional[str] = None) -> Tensor:
+        """h [B, J, c_in]; scale_shifts: one [1 or B, 2, d] per block (from the FiLMs), or None."""
         h = self.inp(h, backend=backend)
         for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
-            ss = self.films[i](temb) if self.films is not None else None
+            ss = scale_shifts[i] if scale_shifts is not None else None
             r = h
             h = c1(h, scale_shift=ss, backend=backend)
             h = c2(h, residual=r, backend=backend)
@@ -93,10 +96,27 @@ class GCNDenoiser(nn.Module):
         self.skeleton = get_skeleton(cfg.skeleton)
         self.temb = TimestepEmbedding(cfg.d_time)
         self.net = GCNBackbone(self.skeleton, 5, 5, cfg.d_model, cfg.n_blocks, cfg.d_time, cfg.act)
+        self._cond_cache: dict = {}
 
-    def forward(self, x_t: Tensor, y: Tensor, t: Tensor, backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
-        emb = self.temb(_time_input(t, x_t.shape[0]).to(x_t.device))
-        o = self.net(torch.cat([x_t, y.to(x_t.dtype)], dim=-1), emb, backend)
+    def time_conditioning(self, t, batch: int, device) -> list[Tensor]:
+        """The blocks' scale-shifts for timestep t. For a Python-int t without grad (sampling)
+        they are cached until the time-embedding or FiLM weights change, so a sampler step
+        runs only the graph convolutions."""
+        cacheable = isinstance(t, int) and not torch.is_grad_enabled()
+        if cacheable:
+            key = (device, _versions(self.temb), _versions(self.net.films))
+            hit = self._cond_cache.get(t)
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        emb = self.temb(_time_input(t, batch, device))
+        ss = [film(emb) for film in self.net.films]
+        if cacheable:
+            self._cond_cache[t] = (key, ss)
+        return ss
+
+    def forward(self, x_t: Tensor, y: Tensor, t, backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
+        ss = self.time_conditioning(t, x_t.shape[0], x_t.device)
+        o = self.net(torch.cat([x_t, y.to(x_t.dtype)], dim=-1), ss, backend)
         return o[..., :3], o[..., 3:]
 
 
@@ -142,7 +162,7 @@ class MLPDenoiser(nn.Module):
 
     def forward(self, x_t: Tensor, y: Tensor, t: Tensor, backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
         B, J, _ = x_t.shape
-        emb = self.temb(_time_input(t, B).to(x_t.device)).expand(B, -1)
+        emb = self.temb(_time_input(t, B, x_t.device)).expand(B, -1)
         h = self.inp(torch.cat([x_t, y.to(x_t.dtype)], -1).reshape(B, J * 5))
         for blk in self.blocks:
             h = blk(h, emb)
@@ -174,7 +194,7 @@ class UNetDenoiser(nn.Module):
     def forward(self, x_t: Tensor, y: Tensor, t: Tensor, backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
         B, J, _ = x_t.shape
         act = torch.nn.functional.silu
-        emb = self.temb(_time_input(t, B).to(x_t.device)).expand(B, -1)
+        emb = self.temb(_time_input(t, B, x_t.device)).expand(B, -1)
         h = act(self.inp(torch.cat([x_t, y.to(x_t.dtype)], -1).reshape(B, J * 5)))
         skips = [h]
         for lin, film in zip(self.down, self.down_film):
@@ -187,6 +207,10 @@ class UNetDenoiser(nn.Module):
             h = act(lin(torch.cat([h, skips.pop()], -1)) * (1 + ss[:, 0]) + ss[:, 1])
         o = self.out(torch.cat([h, skips.pop()], -1)).view(B, J, 5)
         return o[..., :3], o[..., 3:]
+
+
+def _versions(module: nn.Module) -> tuple:
+    return tuple((p._version, p.data_ptr()) for p in module.parameters())
 
 
 def count_parameters(model: nn.Module) -> int:

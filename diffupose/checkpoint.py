@@ -1,0 +1,161 @@
+"""Checkpoints: safetensors weights plus a JSON config; loading never unpickles.
+
+A checkpoint is a pair `<stem>.safetensors` + `<stem>.json`. The JSON holds everything needed to
+rebuild the model and use it: the model config (architecture, skeleton, width, depth), the
+diffusion config (schedule, T, pose_scale normalisation), the training recipe and dataset it came
+from, and any metrics. `load_checkpoint` validates both files and raises CheckpointError with a
+one-line reason for a missing, corrupt, foreign or mismatched checkpoint.
+
+Training state for `--resume` (optimizer, EMA, RNG, step) is a torch file written atomically and
+read with torch.load(weights_only=True), which refuses arbitrary pickled objects.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from .diffusion import Diffusion, DiffusionConfig
+from .model import ModelConfig, build_model
+
+FORMAT = "diffupose-checkpoint"
+VERSION = 1
+PathLike = Union[str, Path]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says which file and why."""
+
+
+def checkpoint_paths(path: PathLike) -> tuple[Path, Path]:
+    """(weights, config) for a stem, a .safetensors path, a .json path, or a directory holding one
+    checkpoint named model.*"""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model"
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_suffix(".safetensors"), p.with_suffix(".json")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: PathLike, model: nn.Module, diffusion_cfg: DiffusionConfig, *,
+                    training: Optional[dict] = None, dataset: Optional[dict] = None,
+                    metrics: Optional[dict] = None) -> tuple[Path, Path]:
+    """Write `<stem>.safetensors` and `<stem>.json` atomically; returns their paths."""
+    from safetensors.torch import save
+
+    wpath, cpath = checkpoint_paths(path)
+    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.cfg.to_dict(),
+        "diffusion": diffusion_cfg.to_dict(),
+        "skeleton": model.cfg.skeleton,
+        "normalisation": {"pose2d": "screen: x / w * 2 - [1, h / w]",
+                          "pose3d": "root-relative camera-frame metres / diffusion.pose_scale"},
+        "training": training or {},
+        "dataset": dataset or {},
+        "metrics": metrics or {},
+    }
+    atomic_write_bytes(wpath, save(state, metadata={"format": FORMAT}))
+    atomic_write_bytes(cpath, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
+    return wpath, cpath
+
+
+def read_config(path: PathLike) -> dict:
+    _, cpath = checkpoint_paths(path)
+    if not cpath.is_file():
+        raise CheckpointError(f"checkpoint config not found: {cpath}")
+    try:
+        config = json.loads(cpath.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint config {cpath} is not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{cpath} is not a diffupose checkpoint config (format is not {FORMAT!r})")
+    if not isinstance(config.get("version"), int) or config["version"] > VERSION:
+        raise CheckpointError(f"{cpath}: checkpoint version {config.get('version')!r} is newer than this diffupose "
+                              f"reads ({VERSION}); upgrade diffupose")
+    for key in ("model", "diffusion"):
+        if not isinstance(config.get(key), dict):
+            raise CheckpointError(f"{cpath}: missing the {key!r} section")
+    return config
+
+
+def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[nn.Module, Diffusion, dict]:
+    """(model in eval mode on `device`, its Diffusion, the whole config dict)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    wpath, cpath = checkpoint_paths(path)
+    config = read_config(path)
+    try:
+        mcfg = ModelConfig.from_dict(config["model"])
+        dcfg = DiffusionConfig.from_dict(config["diffusion"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{cpath}: bad config: {e}") from None
+    if not wpath.is_file():
+        raise CheckpointError(f"checkpoint weights not found: {wpath}")
+    try:
+        state = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{wpath} is not a readable safetensors file (corrupt or of another kind): {e}") from None
+    model = build_model(mcfg)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("wrong shape", wrong)) if keys)
+        raise CheckpointError(f"{wpath} does not match the architecture in {cpath.name} "
+                              f"({mcfg.arch}, d_model {mcfg.d_model}, {mcfg.n_blocks} blocks): {detail}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{wpath}: NaN or infinite weights in {', '.join(bad[:3])}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return model.to(device).eval(), Diffusion(dcfg), config
+
+
+# ---------------------------------------------------------------------------------------------
+# training state for --resume
+# ---------------------------------------------------------------------------------------------
+def save_training_state(path: PathLike, state: dict[str, Any]) -> None:
+    """Optimizer, EMA, RNG states, counters: tensors and plain containers only."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_training_state(path: PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"training state not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the safe unpickler refuses anything but tensors and plain containers
+        raise CheckpointError(f"{path} is not a readable training state ({type(e).__name__}: {e})") from None

@@ -1,0 +1,153 @@
+"""Multi-hypothesis lifting: 2D poses in, N 3D hypotheses per frame out, their aggregate and
+per-joint spread. One object, `Lifter`, for every device:
+
+- on CUDA the whole k-step loop (denoiser through the fused ops, fused sampler steps, the
+  aggregation, flip test-time augmentation when asked) is captured in one CUDA graph per
+  (frames per call, N, steps, dtype, flip, sampler) and replayed; inputs go through static
+  buffers, a ragged last batch is padded, and the noise is fresh on every replay because the
+  sampler kernels read (seed, offset) from a device tensor that the graph itself advances;
+- on the CPU the same loop runs eagerly through the C++ ops.
+
+Both paths run `Diffusion.sample` on the same model and the same counter-based noise, so for the
+same seed they agree to within the dtype's rounding. Nothing here reads ground truth: the
+aggregate is the mean (or the per-joint median) of the hypotheses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .diffusion import Diffusion, check_pose2d
+from .skeleton import Skeleton
+
+AGGREGATES = ("mean", "median")
+SAMPLERS = ("ddim", "ddpm")
+
+
+@dataclass
+class LiftResult:
+    """Root-relative camera-frame poses in metres."""
+
+    mean: Tensor  # [F, J, 3] the aggregate (mean, or per-joint median if asked)
+    hypotheses: Tensor  # [F, N, J, 3]
+    spread: Tensor  # [F, J] RMS distance of the hypotheses from their mean
+
+    def to(self, device) -> "LiftResult":
+        return LiftResult(self.mean.to(device), self.hypotheses.to(device), self.spread.to(device))
+
+
+class _CapturedLoop:
+    """One captured sampling loop for a fixed number of frames per replay."""
+
+    def __init__(self, run, frames: int, J: int, rng_state: Tensor):
+        device = rng_state.device
+        self.frames = frames
+        self.y = torch.zeros(frames, J, 2, device=device)
+        state0 = rng_state.clone()
+        # warm up on a side stream (compiles Triton kernels, fills the model's inference caches)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            run(self.y)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = run(self.y)
+        rng_state.copy_(state0)  # the warm-up's draws do not count: graph and eager runs agree
+
+    def __call__(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n = y.shape[0]
+        self.y[:n].copy_(y)
+        if n < self.frames:  # ragged last batch: pad with the last frame, results cut off below
+            self.y[n:].copy_(y[-1:].expand(self.frames - n, -1, -1))
+        self.graph.replay()
+        return tuple(t[:n].clone() for t in self.out)
+
+
+class Lifter:
+    """Lift screen-normalised 2D poses [F, J, 2] to N hypotheses in metres.
+
+    model: a denoiser (diffupose.model); diffusion: its Diffusion (schedule and pose_scale).
+    n_hyp: hypotheses per frame; steps: DDIM steps (sampler 'ddim') or ignored for 'ddpm' (all T);
+    eta: DDIM noise; flip: test-time flip augmentation (needs the skeleton); aggregate: 'mean' or
+    'median'; batch_frames: frames per denoiser call (memory is ~ batch_frames * n_hyp samples);
+    dtype: activation dtype of the denoiser (fp32, bf16, fp16); cuda_graph: capture on CUDA
+    (default True there); seed: the noise seed (reproducible: same seed, same results).
+    """
+
+    def __init__(self, model: nn.Module, diffusion: Diffusion, *, n_hyp: int = 10, steps: int = 5,
+                 sampler: str = "ddim", eta: float = 0.0, flip: bool = False, aggregate: str = "mean",
+                 batch_frames: int = 1024, dtype: torch.dtype = torch.float32, cuda_graph: Optional[bool] = None,
+                 seed: int = 0, backend: Optional[str] = None, device: Optional[torch.device] = None,
+                 progress: bool = False):
+        if n_hyp < 1 or steps < 1 or batch_frames < 1:
+            raise ValueError(f"n_hyp, steps and batch_frames must be >= 1 (got {n_hyp}, {steps}, {batch_frames})")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {aggregate!r}; expected one of {', '.join(AGGREGATES)}")
+        self.model = model.eval()
+        self.diffusion = diffusion
+        self.skeleton: Skeleton = model.skeleton
+        self.n_hyp, self.steps, self.sampler, self.eta = n_hyp, steps, sampler, eta
+        self.flip, self.aggregate, self.dtype, self.backend = flip, aggregate, dtype, backend
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.batch_frames = batch_frames
+        self.use_graph = (self.device.type == "cuda") if cuda_graph is None else bool(cuda_graph)
+        if self.use_graph and self.device.type != "cuda":
+            raise ValueError("cuda_graph=True needs a CUDA device")
+        self.progress = progress
+        self.rng_state = torch.tensor([seed, 0], dtype=torch.int64, device=self.device)
+        self._graphs: dict[tuple, _CapturedLoop] = {}
+
+    # -- noise ---------------------------------------------------------------------------------
+    def reseed(self, seed: int) -> None:
+        """Restart the noise stream (in place: captured graphs keep reading the same buffer)."""
+        self.rng_state.copy_(torch.tensor([seed, 0], dtype=torch.int64))
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _run(self, y: Tensor, chunk_frames: int) -> tuple[Tensor, Tensor, Tensor]:
+        stride = chunk_frames * self.n_hyp * self.skeleton.num_joints * 3  # same counters padded or not
+        hyp, mean, spread = self.diffusion.sample(
+            self.model, y, n_hyp=self.n_hyp, steps=self.steps, eta=self.eta, ddpm=self.sampler == "ddpm",
+            rng_state=self.rng_state, flip=self.skeleton if self.flip else None, backend=self.backend,
+            dtype=self.dtype, counter_stride=stride)
+        scale = self.diffusion.cfg.pose_scale
+        if self.aggregate == "median":
+            mean = hyp.median(dim=1).values
+        return hyp * scale, mean * scale, spread * scale
+
+    def _loop_for(self, frames: int) -> _CapturedLoop:
+        # settings may be changed on the object between calls: each combination gets its graph
+        key = (frames, self.n_hyp, self.steps, self.sampler, self.eta, self.flip, self.aggregate, self.dtype,
+               self.backend)
+        if key not in self._graphs:
+            run = lambda y: self._run(y, frames)  # noqa: E731
+            self._graphs[key] = _CapturedLoop(run, frames, self.skeleton.num_joints, self.rng_state)
+        return self._graphs[key]
+
+    @torch.no_grad()
+    def __call__(self, y: Tensor) -> LiftResult:
+        """y: [F, J, 2] screen-normalised 2D poses (any device); results on the lifter's device."""
+        check_pose2d(y, self.skeleton.num_joints)
+        y = y.to(self.device, torch.float32)
+        F = y.shape[0]
+        chunks = range(0, F, self.batch_frames)
+        if self.progress and len(chunks) > 1:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc=f"lifting {F} frames x {self.n_hyp} hypotheses", unit="batch")
+        outs = []
+        chunk_frames = min(self.batch_frames, F)
+        for s in chunks:
+            yc = y[s:s + self.batch_frames]
+            if self.use_graph:
+                # one graph for full batches; the last ragged one is padded into it
+                outs.append(self._loop_for(chunk_frames)(yc))
+            else:
+                outs.append(self._run(yc, chunk_frames))
+        hyp, mean, spread = (torch.cat(parts) for parts in zip(*outs))
+        return LiftResult(mean=mean, hypotheses=hyp, spread=spread)
