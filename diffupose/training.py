@@ -1,0 +1,289 @@
+"""Training: the denoiser on (x_t, y, t) with L1(eps) + lambda L1(y), the paper's recipe by default.
+
+The training set lives on the training device as tensors and a batch is an index gather (a
+per-sample Python loader would be the bottleneck at GPU speed). Flip augmentation mirrors a random
+half of each batch. Adam with a per-epoch exponential learning-rate decay, EMA weights (evaluated
+and exported), AMP (bf16 where supported), atomic checkpoints (safetensors + JSON for the EMA
+model, a weights_only torch file for the full training state), `resume` that continues exactly
+(mid-epoch too: the epoch's permutation and the RNG states are saved), a progress bar, a CSV log,
+and DistributedDataParallel under torchrun (NCCL on GPU, gloo on CPU).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import load_training_state, save_checkpoint, save_training_state
+from .diffusion import Diffusion, DiffusionConfig, joint_weights
+from .model import ModelConfig, build_model
+from .skeleton import Skeleton, flip_pose
+
+__all__ = ["TrainConfig", "TrainData", "Trainer", "amp_dtype", "init_distributed"]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 1024
+    lr: float = 4e-5
+    lr_decay: float = 0.995  # per epoch
+    ema_decay: float = 0.999  # per step
+    flip: bool = True
+    amp: str = "auto"  # auto | bf16 | fp16 | off
+    seed: int = 0
+    save_every: int = 0  # steps between mid-epoch checkpoints (0: at the end of each epoch only)
+    max_steps: int = 0  # stop after this many steps (0: no limit); for smoke tests
+    grad_clip: float = 0.0
+    backend: Optional[str] = None  # op backend for training (None: auto)
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainData:
+    """Normalised tensors on the training device: x0 [N, J, 3] (metres / pose_scale), y [N, J, 2]."""
+
+    x0: Tensor
+    y: Tensor
+    skeleton: Skeleton
+
+    @classmethod
+    def from_poseset(cls, ps, pose_scale: float, device) -> "TrainData":
+        x0 = torch.as_tensor(ps.pose3d, dtype=torch.float32, device=device) / pose_scale
+        y = torch.as_tensor(ps.pose2d, dtype=torch.float32, device=device)
+        if x0.shape[:2] != y.shape[:2]:
+            raise ValueError(f"3D {tuple(x0.shape)} and 2D {tuple(y.shape)} poses do not pair up")
+        if not (torch.isfinite(x0).all() and torch.isfinite(y).all()):
+            raise ValueError("training data contains NaN or infinite values")
+        return cls(x0, y, ps.skeleton)
+
+    def __len__(self) -> int:
+        return self.x0.shape[0]
+
+    def batch(self, idx: Tensor, flip_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        x0, y = self.x0[idx], self.y[idx]
+        if flip_mask is not None:
+            m = flip_mask[:, None, None]
+            x0 = torch.where(m, flip_pose(x0, self.skeleton), x0)
+            y = torch.where(m, flip_pose(y, self.skeleton), y)
+        return x0, y
+
+
+def _dist():
+    """(rank, world size) when running under torchrun, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device_type: str) -> bool:
+    """Start the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return True
+
+
+def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    if mode == "off":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "fp16":
+        return torch.float16
+    if mode != "auto":
+        raise ValueError(f"amp must be auto, bf16, fp16 or off; got {mode!r}")
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None  # on the CPU fp32 is the faster and safer choice
+
+
+class Trainer:
+    """Owns the model, EMA, optimizer and the loop. `run()` trains to the end (or max_steps)."""
+
+    def __init__(self, model_cfg: ModelConfig, diff_cfg: DiffusionConfig, train_cfg: TrainConfig, data: TrainData,
+                 out_dir: Path, device: torch.device, meta: Optional[dict] = None):
+        self.mcfg, self.dcfg, self.cfg = model_cfg, diff_cfg, train_cfg
+        self.data, self.out_dir, self.device = data, Path(out_dir), device
+        self.meta = meta or {}
+        self.rank, self.world = _dist()
+        torch.manual_seed(train_cfg.seed)
+        self.model = build_model(model_cfg).to(device)
+        self.diffusion = Diffusion(diff_cfg)
+        self.weights = joint_weights(diff_cfg.joint_weights, self.model.skeleton).to(device)
+        self.ema = torch.optim.swa_utils.AveragedModel(
+            self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(train_cfg.ema_decay))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr)
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=train_cfg.lr_decay)
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.amp = amp_dtype(train_cfg.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
+        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
+        self.perm: Optional[Tensor] = None
+        self.gen = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)  # batches and flips
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / "train_state.pt"
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
+                "step": self.step, "batch_in_epoch": self.batch_in_epoch, "perm": self.perm,
+                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "model_cfg": self.mcfg.to_dict(), "diffusion_cfg": self.dcfg.to_dict(), "train_cfg": self.cfg.to_dict()}
+
+    def load_state_dict(self, st: dict) -> None:
+        if st["model_cfg"] != self.mcfg.to_dict() or st["diffusion_cfg"] != self.dcfg.to_dict():
+            raise ValueError("resume: the checkpoint was trained with another model or diffusion config "
+                             f"({st['model_cfg']}, {st['diffusion_cfg']})")
+        self.model.load_state_dict(st["model"])
+        self.ema.load_state_dict(st["ema"])
+        self.opt.load_state_dict(st["opt"])
+        self.sched.load_state_dict(st["sched"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.epoch, self.step, self.batch_in_epoch = st["epoch"], st["step"], st["batch_in_epoch"]
+        self.perm = st["perm"].to(self.device) if st["perm"] is not None else None
+        self.gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        if st["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["cuda_rng"])
+
+    def resume(self) -> bool:
+        """Continue from out_dir/train_state.pt if it exists; True if resumed."""
+        if not self.state_path.exists():
+            return False
+        self.load_state_dict(load_training_state(self.state_path))
+        return True
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        save_training_state(self.state_path, self.state_dict())
+        self.export(self.out_dir / "model")
+
+    def export(self, stem: Path, metrics: Optional[dict] = None) -> None:
+        """The EMA weights as a loadable checkpoint."""
+        save_checkpoint(stem, self.ema_model(), self.dcfg, training={**self.cfg.to_dict(), "epoch": self.epoch,
+                                                                      "step": self.step},
+                        dataset=self.meta.get("dataset"), metrics=metrics)
+
+    def ema_model(self) -> nn.Module:
+        return self.ema.module
+
+    # -- loop ------------------------------------------------------------------------------------
+    def _steps_per_epoch(self) -> int:
+        return max(1, len(self.data) // (self.cfg.batch_size * self.world))
+
+    def _new_epoch_perm(self) -> Tensor:
+        return torch.randperm(len(self.data), generator=self.gen, device=self.device)
+
+    def loss(self, x0: Tensor, y: Tensor) -> tuple[Tensor, dict]:
+        net, backend = self.net, self.cfg.backend
+        if self.mcfg.arch == "regressor":
+            # the deterministic baseline: per-joint weighted mean joint distance (MPJPE-style)
+            err = (net(y, backend=backend).float() - x0).norm(dim=-1)
+            loss = (err * self.weights).mean()
+            return loss, {"loss": loss.detach()}
+        return self.diffusion.loss(lambda a, b, c: net(a, b, c, backend=backend), x0, y, self.weights)
+
+    def train_step(self, idx: Tensor) -> dict:
+        flip_mask = (torch.rand(idx.shape[0], generator=self.gen, device=self.device) < 0.5) if self.cfg.flip else None
+        x0, y = self.data.batch(idx, flip_mask)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            loss, info = self.loss(x0, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower the learning rate or "
+                                     "disable AMP (--amp off)")
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        return info
+
+    def run(self, log_every_epoch=None) -> None:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        spe = self._steps_per_epoch()
+        log_path = self.out_dir / "log.csv"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        done = False
+        while self.epoch < cfg.epochs and not done:
+            if self.perm is None or self.batch_in_epoch == 0:
+                self.perm = self._new_epoch_perm()
+            sums: dict[str, float] = {}
+            ran = 0
+            t0 = time.time()
+            bar = tqdm(total=spe, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                       disable=not cfg.progress or self.rank != 0, leave=False)
+            while self.batch_in_epoch < spe:
+                b = self.batch_in_epoch
+                # this rank's share of the global batch b
+                start = (b * self.world + self.rank) * cfg.batch_size
+                info = self.train_step(self.perm[start:start + cfg.batch_size])
+                for k, v in info.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                self.batch_in_epoch += 1
+                ran += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(info['loss']):.4f}")
+                if cfg.max_steps and self.step >= cfg.max_steps:
+                    done = True
+                    break
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.batch_in_epoch < spe:
+                    self.save()
+            bar.close()
+            row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.opt.param_groups[0]["lr"],
+                   **{k: v / max(ran, 1) for k, v in sums.items()}, "seconds": round(time.time() - t0, 2)}
+            if self.batch_in_epoch >= spe:  # the epoch is complete
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.sched.step()
+            if log_every_epoch is not None and self.rank == 0:
+                row.update(log_every_epoch(self) or {})
+            if self.rank == 0:
+                _append_csv(log_path, row)
+                if cfg.progress:
+                    print("  ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                          flush=True)
+            self.save()
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    """Append a row; the header is the first row's keys (later extra keys are appended as new
+    columns by rewriting the header, so a metric first logged late is not lost)."""
+    rows = []
+    fields = list(row)
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            fields = list(reader.fieldnames or []) + [k for k in row if k not in (reader.fieldnames or [])]
+    rows.append(row)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
