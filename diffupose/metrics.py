@@ -49,13 +49,18 @@ def _pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
     return p, g
 
 
+def _joint_distance(p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    d = p - g
+    return np.sqrt(np.einsum("...k,...k->...", d, d))  # [..., J]; several times faster than linalg.norm here
+
+
 # ---------------------------------------------------------------------------------------------
 # per-frame errors
 # ---------------------------------------------------------------------------------------------
 def mpjpe_per_frame(pred, gt) -> np.ndarray:
     """[..., J, 3] x2 -> [...] mm: mean over joints of the Euclidean distance."""
     p, g = _pair(pred, gt)
-    return np.linalg.norm(p - g, axis=-1).mean(axis=-1) * MM
+    return _joint_distance(p, g).mean(axis=-1) * MM
 
 
 def procrustes_align(pred, gt) -> np.ndarray:
@@ -74,7 +79,7 @@ def procrustes_align(pred, gt) -> np.ndarray:
     Gn = G / np.where(norm_g > 0, norm_g, 1.0)[:, None, None]
     # maximise tr(R^T Gn^T Pn): Gn^T Pn = U S Vt, R = V U^T with the last singular direction flipped
     # where det(V U^T) = -1 (the best proper rotation; Umeyama 1991)
-    U, S, Vt = np.linalg.svd(np.einsum("bji,bjk->bik", Gn, Pn))  # H = Gn^T Pn  [B, 3, 3]
+    U, S, Vt = np.linalg.svd(np.matmul(np.swapaxes(Gn, 1, 2), Pn))  # H = Gn^T Pn  [B, 3, 3]
     V = np.swapaxes(Vt, 1, 2)
     sign = np.where(np.linalg.det(V @ np.swapaxes(U, 1, 2)) < 0, -1.0, 1.0)
     V[:, :, -1] *= sign[:, None]
@@ -92,7 +97,7 @@ def p_mpjpe_per_frame(pred, gt) -> np.ndarray:
     out = np.empty(flat_p.shape[0])
     for i in range(0, flat_p.shape[0], _CHUNK):
         sl = slice(i, i + _CHUNK)
-        out[sl] = np.linalg.norm(procrustes_align(flat_p[sl], flat_g[sl]) - flat_g[sl], axis=-1).mean(axis=-1) * MM
+        out[sl] = _joint_distance(procrustes_align(flat_p[sl], flat_g[sl]), flat_g[sl]).mean(axis=-1) * MM
     return out.reshape(p.shape[:-2])
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from diffupose.data import videopose3d as vp3d
-from diffupose.data.dataset import PoseSet, load_dataset
+from diffupose.data.dataset import CMU_ASSETS, PoseSet, load_dataset
 from diffupose.skeleton import H36M17
 from tests.fakes import expected_rows, fake_cmu, rows_of
 
@@ -119,3 +119,23 @@ def test_cmu_errors(cmu, tmp_path):
     vp3d.save_positions_2d(tmp_path / "data_2d_cmu_gt.npz", {"S1": cmu.pixels["07"]}, {})
     with pytest.raises(ValueError, match="has no cameras for subject 'S1'"):
         load_dataset("cmu", tmp_path, cameras=cmu.paths["cameras"], train_subjects=["S1"], test_subjects=["S1"])
+
+
+@pytest.mark.skipif(not (CMU_ASSETS / "split.json").is_file(), reason="the embedded CMU set is not built in this tree")
+@pytest.mark.parametrize("keypoints", ["gt", "det"])
+def test_embedded_cmu_set(keypoints):
+    train, test = load_dataset("cmu", keypoints=keypoints)
+    for ps in (train, test):
+        assert len(ps) > 0 and ps.skeleton is H36M17
+        assert np.all(ps.pose3d[:, 0] == 0) and np.isfinite(ps.pose2d).all()
+        assert np.abs(ps.pose2d).max() < 3  # screen-normalised, not pixels
+        assert 0.05 < np.linalg.norm(ps.pose3d, axis=-1).max() < 2.5  # metres
+    assert not set(zip(train.subject, train.clip)) & set(zip(test.subject, test.clip))
+
+
+def test_embedded_cmu_set_missing(tmp_path, monkeypatch):
+    import diffupose.data.dataset as ds
+
+    monkeypatch.setattr(ds, "CMU_ASSETS", tmp_path / "cmu")
+    with pytest.raises(FileNotFoundError, match="embedded CMU set is missing"):
+        load_dataset("cmu")

@@ -8,7 +8,7 @@ One row per (frame, camera) of every chosen clip.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -130,6 +130,9 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, keypoints: str 
         return humaneva.load_humaneva(require_data_dir(data_dir, name), keypoints, cameras, train_subjects,
                                       test_subjects, downsample)
     if name == "cmu":
+        if data_dir is None and not (CMU_ASSETS / "split.json").is_file():
+            raise FileNotFoundError(f"the embedded CMU set is missing from {CMU_ASSETS} (an incomplete install?); "
+                                    "pass data_dir to load a copy from elsewhere")
         return load_cmu(CMU_ASSETS if data_dir is None else require_data_dir(data_dir, name), keypoints, cameras,
                         train_subjects, test_subjects, downsample)
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
