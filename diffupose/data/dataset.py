@@ -1,0 +1,195 @@
+"""The dataset API used by training, evaluation and the engine: a PoseSet of per-frame 2D/3D pairs
+and `load_dataset(name, ...)` -> (train, test).
+
+Units and frames: pose3d is root-relative (joint 0 = 0) camera-frame metres, pose2d is
+screen-normalised (x in [-1, 1], y scaled by the same factor; see cameras.normalize_screen_coordinates).
+One row per (frame, camera) of every chosen clip.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from ..skeleton import Skeleton
+from . import videopose3d as vp3d
+from .cameras import load_cameras
+
+PathLike = Union[str, Path]
+DATASETS = ("h36m", "humaneva", "cmu")
+CMU_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "cmu"
+
+
+@dataclass
+class PoseSet:
+    pose3d: np.ndarray  # float32 [N, J, 3], root-relative camera-frame metres
+    pose2d: np.ndarray  # float32 [N, J, 2], screen-normalised
+    action: np.ndarray  # str [N], the label used in the tables
+    subject: np.ndarray  # str [N]
+    camera: np.ndarray  # int [N], index into the subject's cameras
+    skeleton: Skeleton
+    action_order: tuple[str, ...] = ()  # the table order of the labels (others follow, sorted)
+    clip: Optional[np.ndarray] = None  # str [N], the file's action name ("Walking 1"); defaults to action
+    frame: Optional[np.ndarray] = None  # int [N], the frame index within its clip; defaults to -1
+
+    def __post_init__(self):
+        self.pose3d = np.asarray(self.pose3d, dtype=np.float32)
+        self.pose2d = np.asarray(self.pose2d, dtype=np.float32)
+        N, J = self.pose3d.shape[0], self.skeleton.num_joints
+        if self.pose3d.shape != (N, J, 3):
+            raise ValueError(f"PoseSet: pose3d has shape {self.pose3d.shape}; expected [N, {J}, 3] ({self.skeleton.name})")
+        if self.pose2d.shape != (N, J, 2):
+            raise ValueError(f"PoseSet: pose2d has shape {self.pose2d.shape}; expected [{N}, {J}, 2]")
+        if self.clip is None:
+            self.clip = self.action
+        if self.frame is None:
+            self.frame = np.full(N, -1, dtype=np.int64)
+        for name, dtype in (("action", str), ("subject", str), ("clip", str), ("camera", np.int64),
+                            ("frame", np.int64)):
+            arr = np.asarray(getattr(self, name)).astype(dtype)
+            if arr.shape != (N,):
+                raise ValueError(f"PoseSet: {name} has shape {arr.shape}; expected [{N}]")
+            setattr(self, name, arr)
+        self.action_order = tuple(self.action_order)
+
+    def __len__(self) -> int:
+        return self.pose3d.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"PoseSet({len(self)} frames, {self.skeleton.name}, subjects {sorted(set(self.subject.tolist()))}, "
+                f"{len(self.actions())} actions)")
+
+    def subset(self, mask) -> "PoseSet":
+        """Rows chosen by a boolean mask [N] or an index array."""
+        mask = np.asarray(mask)
+        if mask.dtype == bool and mask.shape != (len(self),):
+            raise ValueError(f"PoseSet.subset: boolean mask of shape {mask.shape} for {len(self)} rows")
+        per_row = {f.name: getattr(self, f.name)[mask] for f in fields(self)
+                   if f.name not in ("skeleton", "action_order")}
+        return replace(self, **per_row)
+
+    def flipped(self) -> "PoseSet":
+        """The mirror image: left and right joints swapped and x negated, in 2D and 3D alike
+        (negating normalised screen x mirrors the image about its centre)."""
+        perm = list(self.skeleton.flip_permutation)
+        p3, p2 = self.pose3d[:, perm].copy(), self.pose2d[:, perm].copy()
+        p3[..., 0] *= -1
+        p2[..., 0] *= -1
+        return replace(self, pose3d=p3, pose2d=p2)
+
+    def actions(self) -> list[str]:
+        """The labels present, in table order."""
+        present = set(self.action.tolist())
+        ordered = [a for a in self.action_order if a in present]
+        return ordered + sorted(present - set(ordered))
+
+
+def poseset_from_arrays(arrays: dict, skeleton: Skeleton, action_order: Sequence[str]) -> PoseSet:
+    return PoseSet(skeleton=skeleton, action_order=tuple(action_order), **arrays)
+
+
+def resolve_keypoints_file(data_dir: Path, prefix: str, keypoints: str) -> Path:
+    """`keypoints` names a set (data_dir/<prefix>_<keypoints>.npz) or is a path to an .npz."""
+    if keypoints.endswith(".npz") or "/" in keypoints:
+        return Path(keypoints)
+    return data_dir / f"{prefix}_{keypoints}.npz"
+
+
+def require_data_dir(data_dir, name: str) -> Path:
+    if data_dir is None:
+        raise ValueError(f"dataset {name!r}: data_dir is required (the directory holding the VideoPose3D-layout "
+                         ".npz files; the data are not shipped)")
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"dataset {name!r}: data directory not found: {data_dir}")
+    return data_dir
+
+
+def load_dataset(name: str, data_dir: Optional[PathLike] = None, keypoints: str = "gt",
+                 cameras: Optional[PathLike] = None, train_subjects: Optional[Sequence[str]] = None,
+                 test_subjects: Optional[Sequence[str]] = None, downsample: int = 1) -> tuple[PoseSet, PoseSet]:
+    """(train, test) PoseSets of a dataset in the VideoPose3D layout.
+
+    name: 'h36m' (data_3d_h36m.npz, data_2d_h36m_<keypoints>.npz; keypoints gt, cpn_ft_h36m_dbb, hr, ...),
+    'humaneva' (data_3d_humaneva15.npz, data_2d_humaneva15_<keypoints>.npz; `cameras` required), or
+    'cmu' (the embedded set: data_3d_cmu.npz, data_2d_cmu_<gt|det>.npz, cameras_cmu.json, split.json;
+    data_dir defaults to the package's assets/cmu). `keypoints` may also be a path to a 2D .npz.
+    cameras: a JSON in the h36m_cameras.json form (default: the dataset's own, where it has one).
+    """
+    if name == "h36m":
+        from . import h36m
+
+        return h36m.load_h36m(require_data_dir(data_dir, name), keypoints, cameras, train_subjects,
+                              test_subjects, downsample)
+    if name == "humaneva":
+        from . import humaneva
+
+        return humaneva.load_humaneva(require_data_dir(data_dir, name), keypoints, cameras, train_subjects,
+                                      test_subjects, downsample)
+    if name == "cmu":
+        if data_dir is None and not (CMU_ASSETS / "split.json").is_file():
+            raise FileNotFoundError(f"the embedded CMU set is missing from {CMU_ASSETS} (an incomplete install?); "
+                                    "pass data_dir to load a copy from elsewhere")
+        return load_cmu(CMU_ASSETS if data_dir is None else require_data_dir(data_dir, name), keypoints, cameras,
+                        train_subjects, test_subjects, downsample)
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the embedded CMU set (built into assets/cmu by diffupose.data.mocap)
+# ---------------------------------------------------------------------------------------------
+def _read_split(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"split file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"split file {path} is not valid JSON: {e}") from None
+    for part in ("train", "test"):
+        value = doc.get(part) if isinstance(doc, dict) else None
+        if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
+            raise ValueError(f"split file {path}: {part!r} must map subject -> [actions...]")
+    labels = doc.get("action_labels", {})
+    if not isinstance(labels, dict):
+        raise ValueError(f"split file {path}: action_labels must map action -> label")
+    return doc
+
+
+def load_cmu(data_dir: Path, keypoints: str = "gt", cameras: Optional[PathLike] = None,
+             train_subjects: Optional[Sequence[str]] = None, test_subjects: Optional[Sequence[str]] = None,
+             downsample: int = 1) -> tuple[PoseSet, PoseSet]:
+    """The CMU set. split.json chooses each part's clips; train_subjects / test_subjects override
+    which subjects a part takes (a subject keeps the clips split.json lists for it in that part, or
+    all its clips where split.json does not list it there)."""
+    data_dir = Path(data_dir)
+    path3d = data_dir / "data_3d_cmu.npz"
+    path2d = resolve_keypoints_file(data_dir, "data_2d_cmu", keypoints)
+    cam_path = Path(cameras) if cameras is not None else data_dir / "cameras_cmu.json"
+    split = _read_split(data_dir / "split.json")
+    pos3d, j3 = vp3d.load_positions_3d(path3d)
+    pos2d, meta, j2 = vp3d.load_positions_2d(path2d)
+    skeleton = vp3d.skeleton_of(j2, (17, 16), "cmu", path2d)
+    vp3d.check_symmetry(meta, skeleton, path2d)
+    joints = vp3d.joint_selection(j3, j2, path3d, path2d)
+    cams = load_cameras(cam_path)
+    labels = {str(k): str(v) for k, v in split.get("action_labels", {}).items()}
+    order = list(dict.fromkeys(labels.values()))
+
+    def camera_of(subject):
+        if subject not in cams:
+            raise ValueError(f"camera file {cam_path} has no cameras for subject {subject!r} (it has {sorted(cams)})")
+        return cams[subject]
+
+    def part(name, subjects):
+        listed = split[name]
+        chosen = list(listed) if subjects is None else list(subjects)
+        vp3d.check_pairing(pos3d, pos2d, chosen, path3d, path2d)
+        selection = {s: list(listed[s]) if s in listed else sorted(pos3d[s]) for s in chosen}
+        arrays = vp3d.build_arrays(pos3d, pos2d, selection, camera_of, lambda a: labels.get(a, a), joints,
+                                   downsample, path3d, path2d)
+        return poseset_from_arrays(arrays, skeleton, order)
+
+    return part("train", train_subjects), part("test", test_subjects)
