@@ -28,7 +28,7 @@ def recipe_for(dataset: str) -> dict:
 def pose_scale_of(pose3d: np.ndarray) -> float:
     """RMS of the root-relative coordinates (the root itself excluded), so normalised poses have
     about unit variance, as the diffusion's noise does."""
-    return float(np.round(np.sqrt(np.mean(np.square(pose3d[:, 1:]))), 4))
+    return round(float(np.sqrt(np.mean(np.square(pose3d[:, 1:], dtype=np.float64)))), 4)
 
 
 def build_parser(default_dataset: str) -> argparse.ArgumentParser:
@@ -141,7 +141,7 @@ def main(argv=None, default_dataset: str = "h36m") -> int:
         if not args.eval_every or tr.epoch % args.eval_every:
             return {}
         ev = evaluate_model(tr.ema_model(), tr.diffusion, test, hypotheses=(1,), steps=args.eval_steps,
-                            flip=not args.no_flip, oracle=False)
+                            flip=not args.no_flip, oracle=False, backend=args.backend)
         return summary(ev)
 
     trainer.run(periodic_eval)
@@ -149,7 +149,8 @@ def main(argv=None, default_dataset: str = "h36m") -> int:
         torch.distributed.barrier()
     if rank == 0 and not args.no_eval:
         evals = evaluate_model(trainer.ema_model(), trainer.diffusion, test, hypotheses=args.eval_hyp,
-                               steps=args.eval_steps, flip=not args.no_flip, progress=not args.no_progress)
+                               steps=args.eval_steps, flip=not args.no_flip, progress=not args.no_progress,
+                               backend=args.backend)
         text = tables(evals, method={"gcn": "DiffuPose"}.get(args.arch, args.arch),
                       title=f"{args.dataset} test, {args.eval_steps} DDIM steps, flip test: {not args.no_flip}. ")
         print(text)
