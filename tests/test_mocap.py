@@ -367,6 +367,8 @@ def _check_layout(out: Path, name: str, frames: dict[str, dict[str, int]]) -> No
                     assert v.dtype == np.float32 and v.shape == (F, 17, 2)
                     assert ((v >= 0) & (v <= [cam.res_w, cam.res_h])).all()
                     if kind == "gt":  # the exact projection of the stored 3D (stored to 1/64 px)
+                        # place_rig keeps every joint 24 px inside the image.
+                        assert ((v >= 23) & (v <= [cam.res_w - 23, cam.res_h - 23])).all()
                         ref = cam.project(world_to_camera(X.astype(np.float64), cam.orientation, cam.translation))
                         np.testing.assert_allclose(v, ref, atol=0.01)
     assert sorted(d3["positions_3d"]) == sorted(frames)

@@ -466,14 +466,14 @@ def load_asf_amc(asf: PathLike | AsfSkeleton, amc: PathLike, step: int = 1, fps:
                  name: str | None = None) -> MocapClip:
     """Parse an ASF (or reuse a parsed one) and an AMC; keep every `step`-th frame."""
     skel = asf if isinstance(asf, AsfSkeleton) else parse_asf(asf)
-    motion = parse_amc(amc, skel)
-    pts = asf_amc_fk(skel, motion, slice(None, None, _check_step(step)))
-    # Start of bone b = end of its parent; the H36M17 joints use starts and ends.
-    start = {b: pts[skel.parent[b]] for b in skel.order}
     missing = [bn for bn, _ in ASF_TO_H36M17 if bn != "root" and bn not in skel.bones]
     if missing:
         raise MocapFormatError(skel.path, 0, f"skeleton lacks bone(s) {', '.join(missing)} needed for the "
                                "17 Human3.6M joints (CMU ASF naming expected)")
+    motion = parse_amc(amc, skel)
+    pts = asf_amc_fk(skel, motion, slice(None, None, _check_step(step)))
+    # Start of bone b = end of its parent; the H36M17 joints use starts and ends.
+    start = {b: pts[skel.parent[b]] for b in skel.order}
     h36 = np.stack([pts[bn] if which == "end" else start[bn] for bn, which in ASF_TO_H36M17], axis=1)
     joints = {k: y_up_to_z_up(v) for k, v in pts.items()}
     return MocapClip(name=name or Path(amc).stem, fps=fps / step, joints=joints,
@@ -546,11 +546,21 @@ def parse_bvh(path: PathLike) -> BvhFile:
                 raise MocapFormatError(path, ln, "only one ROOT is supported")
             if len(tok) < 2:
                 raise MocapFormatError(path, ln, f"{tok[0]} without a name")
-            pending = (" ".join(tok[1:]), ln)
+            jname = " ".join(tok[1:])
+            if any(j.name == jname for j in joints):
+                raise MocapFormatError(path, ln, f"joint name {jname!r} used twice")
+            pending = (jname, ln)
         elif key == "END":
             if not stack or pending is not None:
                 raise MocapFormatError(path, ln, "End Site outside a joint")
-            pending = (joints[stack[-1]].name + "_end", ln)
+            # End sites are named after their joint: "<joint>_end", then "_end2", ... if several.
+            base = joints[stack[-1]].name + "_end"
+            taken = {j.name for j in joints}
+            name, k = base, 1
+            while name in taken:
+                k += 1
+                name = f"{base}{k}"
+            pending = (name, ln)
         elif key == "{":
             if pending is None:
                 raise MocapFormatError(path, ln, "'{' without ROOT, JOINT or End Site")

@@ -121,8 +121,7 @@ def place_rig(points: np.ndarray, subject: str, seed: int = 0, spec: RigSpec = R
     target = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2])
     # The room's long axis (azimuth 0) is set across the main direction of travel.
     base = main_axis_deg(points[:, :2]) + 90.0
-    # Test the fit on a thinned set: the hull of the motion matters, not every frame.
-    pts = points if len(points) <= 60000 else points[np.linspace(0, len(points) - 1, 60000).astype(int)]
+    pts = points
     cams = []
     for k, (intr, az, h) in enumerate(zip(intrinsics, spec.azimuths_deg, spec.heights_m)):
         a = np.radians(base + az + rng.uniform(-spec.jitter_deg, spec.jitter_deg))
