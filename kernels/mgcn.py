@@ -36,7 +36,9 @@ import triton
 import triton.language as tl
 
 _X_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_J = 128  # A_big is [BM, BM] with BM >= J in registers; more joints would not fit a program
+# A tile keeps A_big [BM, BM] (BM >= J) in registers: at BM = 128 the kernels already spill tens
+# of KB per thread on sm_90, so the Triton backend stops at 64 joints (skeletons have 15-17).
+MAX_J = 64
 
 
 def _interpreting() -> bool:
@@ -266,14 +268,25 @@ def _precisions(x: torch.Tensor) -> tuple[str, str]:
     return ("ieee", "ieee") if x.dtype == torch.float32 else ("tf32", "tf32")
 
 
-def _tile_rows(B: int, J: int) -> tuple[int, int]:
-    """(BM, SPB): rows per tile (a power of two >= J) and whole samples per tile."""
+# GPU tiles (BM, BN, BK, num_warps) per kernel, for fp32 / half x: of the configurations compiled
+# for sm_90 with ptxas (no GPU at hand when they were chosen: untimed), those that spill least.
+# The fp32 ieee dots run on the FMA units and hold many more registers than the tensor-core ones.
+_GPU_TILES = {
+    ("fwd", True): (64, 16, 32, 8), ("fwd", False): (64, 64, 32, 8),
+    ("bwd", True): (64, 16, 32, 8), ("bwd", False): (64, 16, 32, 8),
+    ("matmul", True): (64, 64, 32, 8), ("matmul", False): (64, 64, 32, 8),
+}
+
+
+def _mgcn_tiles(kind: str, x: torch.Tensor, B: int, J: int, cin: int, cout: int) -> tuple[int, int, int, int, int]:
+    """(BM, SPB, BN, BK, num_warps) of the fused kernels: BM rows (a power of two >= J) hold
+    SPB = BM // J whole samples."""
     if _big_tiles():
-        bm = min(_p2(B * J), 256)
+        bm, bn, bk, warps = min(_p2(B * J), 256), min(_p2(cout), 256), min(_p2(cin), 256), 4
     else:
-        bm = 64
+        bm, bn, bk, warps = _GPU_TILES[(kind, x.dtype == torch.float32)]
     bm = max(bm, _p2(J))
-    return bm, bm // J
+    return bm, bm // J, bn, bk, warps
 
 
 def _sm_count(device: torch.device) -> int:
@@ -290,7 +303,7 @@ def _matmul(a, b, c, M, N, K, a_strides, b_strides, c_strides, terms=1, a_toff=0
     if _big_tiles():
         bm, bn, bk, warps = min(_p2(M), 256), min(_p2(N), 256), min(_p2(K), 256), 4
     else:
-        bm, bn, bk, warps = 64, 64, 32, 4
+        bm, bn, bk, warps = _GPU_TILES[("matmul", a.dtype == torch.float32)]
     k_split = K if k_split is None else k_split
     grid = (triton.cdiv(M, bm), triton.cdiv(N, bn), groups * split)
     _matmul_kernel[grid](a, b, c, M, N, K, *a_strides, *b_strides, *c_strides, a_toff, b_toff, a_goff, b_goff, c_goff,
@@ -352,11 +365,7 @@ def mgcn_fwd(x: torch.Tensor, w: torch.Tensor, m: torch.Tensor, a: torch.Tensor,
         return out, pre
     ss = scale_shift.contiguous() if scale_shift is not None else None
     res = residual.contiguous() if residual is not None else None
-    bm, spb = _tile_rows(B, J)
-    if _big_tiles():
-        bn, bk, warps = min(_p2(cout), 256), min(_p2(cin), 256), 4
-    else:
-        bn, bk, warps = 64, 32, 4
+    bm, spb, bn, bk, warps = _mgcn_tiles("fwd", x, B, J, cin, cout)
     prec, agg_prec = _precisions(x)
     grid = (triton.cdiv(B, spb), triton.cdiv(cout, bn))
     _mgcn_fwd_kernel[grid](
@@ -373,7 +382,7 @@ def mgcn_bwd(grad_out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, m: torch.
     dtype, dbias in w's dtype, dss summed over the batch when scale_shift has one row (empty
     without scale_shift)."""
     B, J, cin, cout = _check_common(x, w, m, a, scale_shift, act)
-    if pre.numel() == 0:
+    if pre.numel() == 0 and B * J * cout > 0:
         raise ValueError("mgcn_bwd: pre is empty: run mgcn_fwd with save_pre=True for training")
     for name, t in (("grad_out", grad_out), ("pre", pre)):
         if tuple(t.shape) != (B, J, cout) or t.device != x.device:
@@ -391,11 +400,7 @@ def mgcn_bwd(grad_out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, m: torch.
         return dx, torch.zeros_like(w), torch.zeros_like(m), torch.zeros_like(a), w.new_zeros(cout), dss
 
     # pass 1: dy, partials of dm, da, dbias (, dss)
-    bm, spb = _tile_rows(B, J)
-    if _big_tiles():
-        bn, bk, warps = min(_p2(cout), 256), min(_p2(cin), 256), 4
-    else:
-        bn, bk, warps = 64, 32, 8
+    bm, spb, bn, bk, warps = _mgcn_tiles("bwd", x, B, J, cin, cout)
     prec, agg_prec = _precisions(x)
     P, Q = triton.cdiv(B, spb), triton.cdiv(cout, bn)
     f32 = dict(device=x.device, dtype=torch.float32)
@@ -416,7 +421,8 @@ def mgcn_bwd(grad_out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, m: torch.
             prec=prec)
 
     # pass 3: dw[t] [Cin, Cout] = x^T @ dy_t, split over the rows so that enough programs run
-    tiles = 2 * triton.cdiv(cin, 64) * triton.cdiv(cout, 64)
+    mm_bm, mm_bn = _GPU_TILES[("matmul", x.dtype == torch.float32)][:2]
+    tiles = 2 * triton.cdiv(cin, mm_bm) * triton.cdiv(cout, mm_bn)
     split = 1 if _big_tiles() else max(1, min(triton.cdiv(2 * _sm_count(x.device), tiles), triton.cdiv(R, 512)))
     k_split = triton.cdiv(triton.cdiv(R, split), 64) * 64
     split = triton.cdiv(R, k_split)
