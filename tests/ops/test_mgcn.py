@@ -45,7 +45,7 @@ def run(inp, grad, act, dtype, device, backend, param_dtype=None):
             leaves[k] = None
             continue
         dt = param_dtype if (param_dtype is not None and k in ("w", "m", "a", "bias")) else dtype
-        leaves[k] = v.to(device=device, dtype=dt).requires_grad_(True)
+        leaves[k] = v.to(device=device, dtype=dt, copy=True).requires_grad_(True)
     if backend == "torch":
         out = mgcn_ref(leaves["x"], leaves["w"], leaves["m"], leaves["a"], leaves["bias"], leaves["scale_shift"],
                        leaves["residual"], act)
@@ -154,3 +154,17 @@ def test_backward_without_saved_pre_is_an_error():
     assert pre.numel() == 0
     with pytest.raises(RuntimeError, match="save_pre"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("J,cin,cout,B", [(17, 5, 64, 9), (16, 64, 64, 7), (15, 64, 5, 11)])
+def test_triton_gpu_tiling_under_interpreter(monkeypatch, J, cin, cout, B):
+    """The GPU tile shapes (many programs, loops over C_in, dw split over rows) run here too, so CI
+    checks the code path a GPU takes, not only the interpreter's one-big-tile path."""
+    skip_unless_backend("triton")
+    if not INTERPRETED:
+        pytest.skip("on a GPU the GPU tiling is what every other test runs")
+    import diffupose.kernels.mgcn as K
+
+    monkeypatch.setattr(K, "_big_tiles", lambda: False)
+    monkeypatch.setattr(K, "_sm_count", lambda device: 132)
+    check_backend("triton", B, J, cin, cout, "silu", "B", cin == cout, torch.float32)

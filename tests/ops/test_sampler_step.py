@@ -99,3 +99,17 @@ def test_bad_arguments(bad, match):
     args.update(bad)
     with pytest.raises(ValueError, match=match):
         sampler_step(**args, backend="reference")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_aggregate_many_hypotheses(backend):
+    """n_hyp beyond one chunk of a kernel (the Triton kernel merges chunk statistics)."""
+    dev = _device(backend)
+    x, eps = torch.randn(2 * 70, 17, 3), torch.randn(2 * 70, 17, 3)
+    state = torch.tensor([9, 4])
+    with poisoned():
+        out, mean, spread = sampler_step(x.to(dev), eps.to(dev), state.to(dev), 0, _coefs(0.2), 70, True,
+                                         backend=backend)
+    ref, rmean, rspread = sampler_step_ref(x, eps, state, 0, _coefs(0.2), 70, True)
+    torch.testing.assert_close(mean.cpu(), rmean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(spread.cpu(), rspread, rtol=1e-5, atol=1e-5)
