@@ -90,3 +90,36 @@ def summary(evals: dict[int, Evaluation]) -> dict:
         if ev.oracle_mpjpe is not None:
             out[f"oracle_p1_n{n}"] = ev.oracle_mpjpe["Avg"]
     return out
+
+
+DEFAULT_CHECKPOINT = __import__("pathlib").Path(__file__).resolve().parent / "assets" / "checkpoints" / "cmu_gcn"
+
+
+def table6(args, device) -> list[dict]:
+    """Paper Table VI: frames per second and MPJPE against the number of sampler steps (DDIM 2, 5,
+    10, 20; DDPM 100), for N = 1 and N = 10, on a dataset's test split (the embedded CMU set by
+    default). FPS is test frames over the wall time of lifting them (batched, warm)."""
+    from .checkpoint import load_checkpoint
+    from .data.dataset import load_dataset
+
+    model, diffusion, _ = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, device)
+    _, test = load_dataset(args.dataset, args.data_dir)
+    if test.skeleton.name != model.cfg.skeleton:
+        raise ValueError(f"the checkpoint is for {model.cfg.skeleton}, the dataset has {test.skeleton.name}")
+    backend = None if args.backend == "auto" else args.backend
+    rows = []
+    print("| steps | sampler | N | frames/s | MPJPE (mm) | P-MPJPE (mm) |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for steps in (2, 5, 10, 20, diffusion.T):
+        sampler = "ddpm" if steps == diffusion.T else "ddim"
+        for n in (1, 10):
+            kw = dict(n_hyp=n, steps=steps, sampler=sampler, flip=True, backend=backend, device=device)
+            predict(model, diffusion, test.pose2d[:64], **kw)  # warm-up (kernels, caches, graphs)
+            pred = predict(model, diffusion, test.pose2d, **kw)
+            ev = evaluate_poseset(pred.mean, test)
+            row = {"steps": steps, "sampler": sampler, "hyp": n, "fps": len(test) / pred.seconds,
+                   "mpjpe": ev.mpjpe["Avg"], "p_mpjpe": ev.p_mpjpe["Avg"]}
+            rows.append(row)
+            print(f"| {steps} | {sampler} | {n} | {row['fps']:,.0f} | {row['mpjpe']:.1f} | {row['p_mpjpe']:.1f} |",
+                  flush=True)
+    return rows
