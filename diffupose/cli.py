@@ -74,13 +74,26 @@ def _finite_float(text: str) -> float:
     return v
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the examples' line breaks; shows defaults where an option has one worth showing."""
+class _Formatter(argparse.HelpFormatter):
+    """Wraps prose paragraphs but keeps indented lines (the examples) as written; shows an
+    option's default where it has one."""
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        out = []
+        for para in text.split("\n\n"):
+            if any(line.startswith(" ") for line in para.splitlines()):
+                out.append("\n".join(indent + line for line in para.splitlines()))
+            else:
+                out.append(textwrap.fill(" ".join(para.split()), width, initial_indent=indent,
+                                         subsequent_indent=indent))
+        return "\n\n".join(out)
 
     def _get_help_string(self, action):
         h = action.help or ""
-        if "%(default)" not in h and action.default not in (None, False, argparse.SUPPRESS) \
-                and not action.option_strings == [] and action.nargs != 0:
+        if action.option_strings and action.nargs != 0 and action.default is not None \
+                and action.default is not False and action.default is not argparse.SUPPRESS and "default" not in h:
             h += " (default: %(default)s)"
         return h
 
@@ -96,8 +109,8 @@ def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None
     g.add_argument("--checkpoint", metavar="PATH", default=None, help=checkpoint_help)
     g.add_argument("-n", "--hypotheses", type=_positive_int, default=10, metavar="N",
                    help="3D hypotheses drawn per frame")
-    g.add_argument("--steps", type=_positive_int, default=5, metavar="K",
-                   help="denoising steps of the DDIM sampler (ignored by --sampler ddpm, which takes all T)")
+    g.add_argument("--steps", type=_positive_int, default=None, metavar="K",
+                   help="denoising steps of the DDIM sampler (default: 5; --sampler ddpm takes all T steps instead)")
     g.add_argument("--sampler", choices=SAMPLERS, default="ddim",
                    help="ddim: K deterministic steps; ddpm: the ancestral sampler over all T steps (slower)")
     g.add_argument("--flip", action="store_true",
@@ -408,11 +421,12 @@ def cmd_lift(args) -> int:
     model, diffusion, config, wpath = load_model(args.checkpoint, device)
     skel = model.skeleton
     check_conversion(layout, skel.name)
-    if args.steps != 5 and args.sampler == "ddpm":
+    if args.steps is not None and args.sampler == "ddpm":
         report.note(f"--steps is ignored by --sampler ddpm (it takes all {diffusion.cfg.T} steps)")
+    steps = args.steps or 5
     backend = pick_backend(args.backend, model, diffusion, device, dtype, report)
     batch = args.batch_size or (1024 if device.type == "cuda" else 256)
-    lifter = Lifter(model, diffusion, n_hyp=args.hypotheses, steps=args.steps, sampler=args.sampler,
+    lifter = Lifter(model, diffusion, n_hyp=args.hypotheses, steps=steps, sampler=args.sampler,
                     flip=args.flip, aggregate=args.aggregate, batch_frames=batch, dtype=dtype, seed=args.seed,
                     backend=backend, device=device)
     root = skel.parents.index(-1)
@@ -454,7 +468,7 @@ def cmd_lift(args) -> int:
                              "the sources") if layout == "coco17" else None,
         },
         "settings": {
-            "hypotheses": args.hypotheses, "steps": args.steps if args.sampler == "ddim" else diffusion.cfg.T,
+            "hypotheses": args.hypotheses, "steps": steps if args.sampler == "ddim" else diffusion.cfg.T,
             "sampler": args.sampler, "flip": args.flip, "aggregate": args.aggregate, "seed": args.seed,
             "batch_size": batch, "device": str(device), "backend": backend, "backend_requested": args.backend,
             "dtype": args.dtype, "cuda_graph": lifter.use_graph,

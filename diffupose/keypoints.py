@@ -387,6 +387,11 @@ def _coco_results(path: Path, doc: list[dict]) -> Keypoints:
                    frame_ids=np.array(ids, dtype=np.int64 if int in kinds else str))
     if n_people:
         kp.notes.append(f"{len(doc)} detections for {len(ids)} images: kept the highest-scoring person per image")
+    if int in kinds and len(ids) > 1:
+        gaps = (ids[-1] - ids[0] + 1) - len(ids)
+        if gaps:  # images where the detector found nobody are absent from COCO results
+            kp.notes.append(f"{gaps} image_ids between {ids[0]} and {ids[-1]} have no detection and no output row "
+                            "(the output's frame_id says which image each row is)")
     return kp
 
 
@@ -709,6 +714,40 @@ class LiftOutput:
     frame_id: Optional[np.ndarray] = None  # [F] the input's own ids (COCO image_id), if it had them
 
 
+def npz_member_memmap(path: PathLike, name: str) -> Optional[np.ndarray]:
+    """A read-only memory map of the array `name` inside an uncompressed .npz (as np.savez writes
+    them), so one frame of a long lift output is read without reading the whole archive; None if
+    the member is compressed or not a plain numeric array (then read it normally)."""
+    import struct
+    import zipfile
+
+    from numpy.lib import format as npf
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(name + ".npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)  # the member's local header: name and extra-field lengths at 26 and 28
+            if local[:4] != b"PK\x03\x04":
+                return None
+            n_name, n_extra = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 30 + n_name + n_extra)
+            version = npf.read_magic(f)
+            read_header = {(1, 0): npf.read_array_header_1_0, (2, 0): npf.read_array_header_2_0}.get(version)
+            if read_header is None:
+                return None
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+        if dtype.hasobject or 0 in shape:
+            return None
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile, struct.error):
+        return None
+
+
 _OUTPUT_KEYS = ("pose3d", "hypotheses", "spread", "weak", "pose2d", "keypoints2d", "frame_index")
 
 
@@ -738,8 +777,10 @@ def read_lift_output(path: PathLike) -> LiftOutput:
                 missing = [k for k in _OUTPUT_KEYS + ("joint_names", "meta") if k not in z.files]
                 if missing:
                     raise KeypointError(f"{what} (missing {', '.join(missing)})")
-                arr = {k: z[k] for k in _OUTPUT_KEYS + ("frame_id",) if k in z.files}
                 names, meta = tuple(str(n) for n in z["joint_names"]), json.loads(str(z["meta"]))
+                keys = [k for k in _OUTPUT_KEYS + ("frame_id",) if k in z.files]
+                arr = {k: npz_member_memmap(path, k) for k in keys}
+                arr = {k: (z[k] if a is None else a) for k, a in arr.items()}
         else:
             raise KeypointError(f"{what}: expected .npz or .json")
     except (KeyError, TypeError, ValueError, zipfile.BadZipFile, EOFError) as e:

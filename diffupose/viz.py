@@ -75,8 +75,8 @@ class FramePainter:
         self.image_size = inp.get("image_size")
         k2 = np.asarray(res.keypoints2d[rows], dtype=np.float64).reshape(-1, 2)
         lo, hi = k2.min(0), k2.max(0)
-        pad = 0.1 * max(hi - lo) + 1e-6
-        self.lim2 = (lo - pad, hi + pad)
+        centre, half = 0.5 * (lo + hi), 0.6 * max(hi - lo) + 1e-6  # square, so both panels are the same size
+        self.lim2 = (centre - half, centre + half)
         hyp = np.asarray(res.hypotheses[rows][:, :max(max_hyp, 1)], dtype=np.float64)
         self.radius = float(min(max(np.abs(hyp).max() * 1.05, 0.3), 3.0))  # metres; bounded for broken outputs
         smax = float(np.asarray(res.spread[rows]).max()) * 100
@@ -92,6 +92,8 @@ class FramePainter:
         return p[..., 0], p[..., 2], -p[..., 1]
 
     def draw(self, row: int) -> None:
+        from matplotlib.ticker import MaxNLocator
+
         res, ax2, ax3 = self.res, self.ax2, self.ax3
         ax2.cla()
         ax3.cla()
@@ -134,6 +136,8 @@ class FramePainter:
         ax3.set_ylabel("depth z (m)", fontsize=8)
         ax3.set_zlabel("up -y (m)", fontsize=8)
         ax3.tick_params(labelsize=6)
+        for axis in (ax3.xaxis, ax3.yaxis, ax3.zaxis):
+            axis.set_major_locator(MaxNLocator(5))
         n = hyp.shape[0]
         shown = min(n, self.max_hyp)
         agg_name = res.meta.get("settings", {}).get("aggregate", "mean")

@@ -129,6 +129,10 @@ def test_coco_results_keeps_best_person_ordered_by_image_id(tmp_path):
     np.testing.assert_array_equal(kp.frame_ids, [10, 11, 12, 13])
     np.testing.assert_allclose(kp.data[..., :2], xy, rtol=1e-12)
     assert any("highest-scoring" in n for n in kp.notes)
+    p.write_text(json.dumps([{**d, "image_id": i} for d, i in zip(coco_results(xy), (3, 4, 8, 9))]))
+    kp = read_keypoints(p)
+    np.testing.assert_array_equal(kp.frame_ids, [3, 4, 8, 9])
+    assert any("3 image_ids between 3 and 9 have no detection" in n for n in kp.notes)
 
 
 def test_json_frame_list_nested_and_misses(tmp_path):
@@ -349,6 +353,19 @@ def test_writer_round_trip(tmp_path, ext):
     np.testing.assert_array_equal(res.frame_index, ref["frame_index"])
     np.testing.assert_array_equal(res.frame_id, ids[ref["frame_index"]])
     assert res.joint_names == H36M17.joints and res.meta["x"] == 1
+    if ext == ".npz":  # read through memory maps of the archive's members: one frame costs one frame
+        assert isinstance(res.hypotheses, np.memmap) and isinstance(res.pose3d, np.memmap)
+
+
+def test_compressed_npz_output_is_read_too(tmp_path):
+    w = LiftWriter(tmp_path / "o.npz", frames=4, n_hyp=2, joint_names=H36M17.joints, meta={}, has_scores=False)
+    ref = _fill(w, 4, 2, 17, scores=False)
+    w.close()
+    with np.load(tmp_path / "o.npz") as z:
+        np.savez_compressed(tmp_path / "c.npz", **{k: z[k] for k in z.files})
+    res = read_lift_output(tmp_path / "c.npz")
+    assert not isinstance(res.hypotheses, np.memmap)
+    np.testing.assert_array_equal(res.hypotheses, ref["hypotheses"])
 
 
 def test_writer_abort_leaves_nothing(tmp_path):
