@@ -241,18 +241,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_provided("diffupose.evaluate", "main_eval", "eval"))
 
     im = sub.add_parser(
-        "import-mocap", formatter_class=_Formatter, help="convert motion capture (ASF/AMC, BVH) to training data",
-        description="Convert motion-capture files (CMU ASF/AMC or BVH) to 3D poses on the Human3.6M skeleton and "
-                    "their 2D projections from virtual cameras, as a training set.",
+        "import-mocap", formatter_class=_Formatter, help="convert motion capture (ASF/AMC, BVH) to a training set",
+        description="Convert motion-capture files (CMU ASF/AMC or BVH, or folders of them) to the 17 Human3.6M "
+                    "joints and their 2D projections from a rig of four virtual cameras per subject, in the "
+                    "VideoPose3D layout: data_3d_NAME.npz, data_2d_NAME_gt.npz (exact 2D), data_2d_NAME_det.npz "
+                    "(detector-like 2D) and cameras_NAME.json in OUT_DIR, ready for training.",
         epilog="examples:\n"
-               "  diffupose import-mocap ~/cmu/subjects -o data/cmu_train.npz\n"
-               "  diffupose import-mocap walk.bvh run.bvh -o data/mine.npz --fps 25")
+               "  diffupose import-mocap ~/cmu/asfamc -o data/ --name cmu\n"
+               "  diffupose import-mocap walk.bvh run.bvh -o data/ --name mine --fps 25 --subject S1")
     im.add_argument("inputs", nargs="+", metavar="PATH", help="ASF/AMC or BVH files, or folders holding them")
-    im.add_argument("-o", "--output", required=True, metavar="OUT", help="the dataset file to write (.npz)")
-    im.add_argument("--fps", type=_positive_float, default=None, help="resample the motion to this frame rate")
-    im.add_argument("--cameras", type=_positive_int, default=None, metavar="K", help="virtual cameras per sequence")
-    im.set_defaults(func=_provided("diffupose.data.build_cmu", "import_mocap", "import-mocap"))
-
+    im.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder to write the dataset files in")
+    im.add_argument("--name", required=True, help="dataset name in the file names (letters, digits, _ and -)")
+    im.add_argument("--fps", type=_positive_float, default=20.0, help="frame rate kept (every round(source / fps) frame)")
+    im.add_argument("--amc-fps", type=_positive_float, default=120.0, help="frame rate of AMC files (they do not say)")
+    im.add_argument("--subject", default=None,
+                    help="subject name for non-CMU file names (default: CMU names give SNN, others the folder name)")
+    im.add_argument("--asf", default=None, metavar="FILE", help="the ASF skeleton of AMC files (default: found beside them)")
+    im.add_argument("--bvh-scale", type=_positive_float, default=None, metavar="S",
+                    help="metres per BVH unit (default: guessed from the skeleton's height)")
+    im.add_argument("--seed", type=int, default=0, help="seed of the camera placement jitter and the 2D noise")
+    im.add_argument("--no-detections", action="store_true", help="write no detector-like 2D set")
+    im.set_defaults(func=_provided("diffupose.data.build_cmu", "import_mocap", "import-mocap", call=_call_import_mocap))
     demo = sub.add_parser(
         "demo", formatter_class=_Formatter, help="the main job on the embedded data: lift, evaluate, draw",
         description="Run the whole path on the embedded demo data: lift its 2D poses, report MPJPE and "
@@ -264,8 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _provided(module: str, func: str, command: str):
-    """A command implemented elsewhere: call module.func(args) if it exists, else say so (exit 2)."""
+def _call_import_mocap(fn, args) -> int:
+    kw = dict(fps=args.fps, amc_fps=args.amc_fps, subject=args.subject, asf=args.asf, bvh_scale=args.bvh_scale,
+              seed=args.seed, detections=not args.no_detections,
+              log=lambda *a: print(*a, file=sys.stderr))
+    try:
+        summary = fn(args.inputs, args.output, args.name, **kw)
+    except (ValueError, FileNotFoundError) as e:  # MocapFormatError is a ValueError naming file:line
+        raise CliError(str(e)) from None
+    paths = (summary or {}).get("paths", {})
+    print(f"wrote {', '.join(Path(p).name for p in paths.values()) or 'the dataset'} to {args.output}")
+    return 0
+
+
+def _provided(module: str, func: str, command: str, call=None):
+    """A command implemented elsewhere: call module.func(args) (or call(func, args)) if it exists,
+    else say so (exit 2)."""
 
     def run(args) -> int:
         try:
@@ -280,7 +303,7 @@ def _provided(module: str, func: str, command: str):
         if fn is None:
             print(f"{PROG} {command}: not available yet in this version ({module}.{func} is missing)", file=sys.stderr)
             return 2
-        rc = fn(args)
+        rc = call(fn, args) if call is not None else fn(args)
         return int(rc or 0)
 
     return run

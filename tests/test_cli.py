@@ -399,7 +399,7 @@ def test_every_option_has_help_and_every_command_an_example(capsys):
 
 
 def test_provided_commands(monkeypatch, capsys):
-    for argv in (["eval"], ["import-mocap", "x.bvh", "-o", "o.npz"], ["demo"]):
+    for argv in (["eval"], ["import-mocap", "x.bvh", "-o", "out", "--name", "x"], ["demo"]):
         mod = {"eval": "diffupose.evaluate", "demo": "diffupose.evaluate"}.get(argv[0], "diffupose.data.build_cmu")
         try:
             __import__(mod)
@@ -426,3 +426,25 @@ def test_python_dash_m(tmp_path):
                         str(tmp_path / "o.npz"), "--image-size", "10", "10"], capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "input not found" in r.stderr
+
+
+def test_import_mocap_is_wired_to_the_importer(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def import_mocap(inputs, out_dir, name, **kw):
+        calls.append((inputs, out_dir, name, kw))
+        if name == "bad":
+            raise ValueError("walk.bvh:12: expected CHANNELS")
+        return {"paths": {"3d": str(tmp_path / f"data_3d_{name}.npz")}}
+
+    fake = types.ModuleType("diffupose.data.build_cmu")
+    fake.import_mocap = import_mocap
+    monkeypatch.setitem(sys.modules, "diffupose.data.build_cmu", fake)
+    rc, out, err = run(["import-mocap", "walk.bvh", "run.bvh", "-o", tmp_path, "--name", "mine", "--fps", "25",
+                        "--no-detections"], capsys)
+    assert rc == 0 and "data_3d_mine.npz" in out, err
+    inputs, out_dir, name, kw = calls[0]
+    assert inputs == ["walk.bvh", "run.bvh"] and out_dir == str(tmp_path) and name == "mine"
+    assert kw["fps"] == 25 and kw["detections"] is False and kw["amc_fps"] == 120 and kw["seed"] == 0
+    rc, _, err = run(["import-mocap", "walk.bvh", "-o", tmp_path, "--name", "bad"], capsys)
+    _assert_one_line_error(rc, err, "walk.bvh:12: expected CHANNELS")
