@@ -151,10 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Lift 2D keypoints (one person per frame) to N 3D pose hypotheses per frame, their aggregate "
                     "and the per-joint spread, in metres, root-relative (the pelvis at 0), in the camera frame "
                     "(x right, y down, z forward).\n\n"
-                    "Inputs: COCO keypoint JSON (the COCO results format [{\"image_id\", \"keypoints\": [x, y, s] * 17, "
-                    "\"score\"}, ...]: the highest-scoring person per image, frames ordered by image_id; or a list "
-                    "of per-frame {\"keypoints\": ...}), .npy/.npz arrays [frames, joints, 2 or 3] (3rd: detector "
-                    "score; .npy is memory-mapped), or CSV (one row per frame, x,y[,score] per joint, optional "
+                    "Inputs: COCO keypoint JSON (the COCO results format [{\"image_id\", "
+                    "\"keypoints\": [x, y, s] * 17, \"score\"}, ...]: the highest-scoring person per image, "
+                    "frames ordered by image_id; or a list of per-frame {\"keypoints\": ...}), .npy/.npz arrays "
+                    "[frames, joints, 2 or 3] (3rd: detector score; .npy is memory-mapped), or CSV (one row per frame, x,y[,score] per joint, optional "
                     "header). COCO keypoints are mapped to the Human3.6M skeleton approximately: pelvis = "
                     "mid-hips, thorax = mid-shoulders, spine = mid(pelvis, thorax), head = mid-eyes.\n\n"
                     "Output (.npz or .json by extension): pose3d [F, J, 3], hypotheses [F, N, J, 3], spread [F, J] "
@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  # COCO results from a detector, pixels of a 1920 x 1080 video\n"
                "  diffupose lift keypoints.json --image-size 1920 1080 -o poses.npz\n"
                "  # a [frames, 17, 3] array in Human3.6M order, 20 hypotheses, flip augmentation, on the GPU\n"
-               "  diffupose lift kp.npy --layout h36m17 --image-size 1000 1000 -n 20 --flip --device cuda -o poses.npz\n"
+               "  diffupose lift kp.npy --layout h36m17 --image-size 1000 1000 -n 20 --flip --device cuda \\\n"
+               "      -o poses.npz\n"
                "  # already screen-normalised coordinates, frames without a person left out\n"
                "  diffupose lift kp.csv --layout coco17 --normalized --skip-empty -o poses.json")
     lift.add_argument("input", metavar="KEYPOINTS", help="2D keypoints: .json (COCO style), .npy, .npz or .csv")
@@ -235,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", default="cmu", help="cmu (the embedded set), h36m or humaneva (bring your own files)")
     ev.add_argument("--data-dir", metavar="DIR", default=None,
                     help="folder with the dataset's files (VideoPose3D layout: data_3d_*.npz, data_2d_*.npz)")
-    ev.add_argument("--keypoints", default=None, help="2D input for h36m/humaneva: gt or a detector's name (e.g. cpn_ft_h36m_dbb)")
+    ev.add_argument("--keypoints", default=None,
+                    help="2D input for h36m/humaneva: gt or a detector's name (e.g. cpn_ft_h36m_dbb)")
     ev.add_argument("-o", "--output", metavar="OUT", default=None, help="write the results table here (.json or .md)")
     _add_model_options(ev, "checkpoint to evaluate (default: the shipped CMU-trained GCN)")
     ev.set_defaults(func=_provided("diffupose.evaluate", "main_eval", "eval"))
@@ -252,11 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("inputs", nargs="+", metavar="PATH", help="ASF/AMC or BVH files, or folders holding them")
     im.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder to write the dataset files in")
     im.add_argument("--name", required=True, help="dataset name in the file names (letters, digits, _ and -)")
-    im.add_argument("--fps", type=_positive_float, default=20.0, help="frame rate kept (every round(source / fps) frame)")
+    im.add_argument("--fps", type=_positive_float, default=20.0,
+                    help="frame rate kept (every round(source / fps)-th frame)")
     im.add_argument("--amc-fps", type=_positive_float, default=120.0, help="frame rate of AMC files (they do not say)")
     im.add_argument("--subject", default=None,
                     help="subject name for non-CMU file names (default: CMU names give SNN, others the folder name)")
-    im.add_argument("--asf", default=None, metavar="FILE", help="the ASF skeleton of AMC files (default: found beside them)")
+    im.add_argument("--asf", default=None, metavar="FILE",
+                    help="the ASF skeleton of AMC files (default: found beside them)")
     im.add_argument("--bvh-scale", type=_positive_float, default=None, metavar="S",
                     help="metres per BVH unit (default: guessed from the skeleton's height)")
     im.add_argument("--seed", type=int, default=0, help="seed of the camera placement jitter and the 2D noise")
@@ -387,20 +391,28 @@ def pick_backend(requested: str, model, diffusion, device, dtype, report: _Repor
     from .engine import Lifter
     from .ops import backend as B
 
+    probe = torch.zeros(1, model.skeleton.num_joints, 2)
+
+    def runs(name: str) -> None:
+        Lifter(model, diffusion, n_hyp=1, steps=1, backend=name, dtype=dtype, cuda_graph=False, device=device)(probe)
+
     if requested != "auto":
         try:
             B.resolve(requested, device)
+            runs(requested)
         except (B.BackendUnavailable, ValueError) as e:
             raise CliError(f"--backend {requested}: {e}") from None
+        except Exception as e:  # a compiled op that is not built for this device, say
+            raise CliError(f"--backend {requested} does not run here ({_first_line(e)}); "
+                           "use --backend auto or reference") from None
         return requested
     if device.type == "cuda":
         candidates = [n for n, ok in (("cuda", B.has_cuda_kernels()), ("triton", B.has_triton())) if ok]
     else:
         candidates = ["cpu"] if B.has_extension() else []
-    probe = torch.zeros(1, model.skeleton.num_joints, 2)
     for name in candidates:
         try:
-            Lifter(model, diffusion, n_hyp=1, steps=1, backend=name, dtype=dtype, cuda_graph=False, device=device)(probe)
+            runs(name)
             return name
         except Exception as e:  # any failure of a compiled kernel: fall back rather than stop
             report.note(f"backend {name!r} does not run here ({_first_line(e)}); trying the next")
@@ -456,7 +468,7 @@ def cmd_lift(args) -> int:
     F = len(plan.frames)
     mapping = None
     if layout != skel.name:
-        mapping = {name: [kpn for kpn in COCO_TO_H36M17[name]] for name in skel.joints} if layout == "coco17" \
+        mapping = {name: list(COCO_TO_H36M17[name]) for name in skel.joints} if layout == "coco17" \
             else f"{layout} -> {skel.name}: joints selected by name"
     meta = {
         "format": "diffupose-lift", "diffupose_version": __version__,

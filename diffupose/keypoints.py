@@ -461,7 +461,8 @@ def check_keypoints(kp: Keypoints, *, image_size: Optional[tuple[float, float]],
             counted += len(pts)
             if pixel:
                 w, h = image_size
-                out = (pts[:, 0] < -0.25 * w) | (pts[:, 0] > 1.25 * w) | (pts[:, 1] < -0.25 * h) | (pts[:, 1] > 1.25 * h)
+                out = ((pts[:, 0] < -0.25 * w) | (pts[:, 0] > 1.25 * w)
+                       | (pts[:, 1] < -0.25 * h) | (pts[:, 1] > 1.25 * h))
                 outside += int(out.sum())
             else:
                 outside += int((np.abs(pts) > 4).any(-1).sum())
@@ -498,7 +499,8 @@ def check_keypoints(kp: Keypoints, *, image_size: Optional[tuple[float, float]],
                                 f"square, not pixels of a {w:g} x {h:g} image; multiply x by W and y by H first")
     elif frac > 0.05:
         raise KeypointError(f"{kp.path}: --normalized, but {100 * frac:.0f}% of the keypoints lie beyond +-4 "
-                            f"(x up to {max(abs(lo[0]), abs(hi[0])):.4g}): these look like pixels; pass --image-size W H")
+                            f"(|x| up to {max(abs(lo[0]), abs(hi[0])):.4g}): these look like pixels; "
+                            "pass --image-size W H")
     return InputPlan(frames=frames, skipped=empty_arr, pixel=pixel, image_size=image_size,
                      missing_joints=n_missing, frames_with_missing=frames_missing, notes=notes)
 
@@ -535,9 +537,10 @@ def resolve_layout(kp: Keypoints, stated: Optional[str], frames: np.ndarray, pix
         return guess, f"layout {guess} (from the bone lengths; pass --layout to state it)"
     if check and guess is not None and guess != layout:
         return_hint = "--layout " + guess
+        why = ("the face points are spread over the body" if layout == "coco17"
+               else "the pelvis is not between the hips")
         raise KeypointError(f"{kp.path}: the keypoints look like {guess} order, not {layout} (read as {layout}, "
-                            f"{'the face points are spread over the body' if layout == 'coco17' else 'the pelvis is not between the hips'}); "
-                            f"pass {return_hint}, or --no-layout-check if you are sure")
+                            f"{why}); pass {return_hint}, or --no-layout-check if you are sure")
     return layout, None
 
 

@@ -124,8 +124,8 @@ class FramePainter:
         x, y, z = self._up(agg)
         for c, p, col in self.bones:
             ax3.plot(x[[c, p]], y[[c, p]], z[[c, p]], color=col, lw=3.0)
-        ax3.scatter(x, y, z, c=spread_cm, cmap=self.cmap, norm=self.norm, s=30 + 4 * np.minimum(spread_cm, 25), depthshade=False,
-                    edgecolors="k", linewidths=0.5, zorder=5)
+        ax3.scatter(x, y, z, c=spread_cm, cmap=self.cmap, norm=self.norm, s=30 + 4 * np.minimum(spread_cm, 25),
+                    depthshade=False, edgecolors="k", linewidths=0.5, zorder=5)
         r = self.radius
         ax3.set_xlim(-r, r)
         ax3.set_ylim(-r, r)

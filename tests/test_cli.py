@@ -174,6 +174,9 @@ def test_pick_backend_falls_back(monkeypatch, ckpt):
     monkeypatch.setattr(engine, "Lifter", broken)
     assert cli.pick_backend("auto", model, diffusion, torch.device("cpu"), torch.float32, rep) == "reference"
     assert len(notes) == 1 and "backend 'cpu' does not run here (Could not run 'diffupose::mgcn_fwd'" in notes[0]
+    monkeypatch.setattr(B, "extension", lambda: None)
+    with pytest.raises(cli.CliError, match="--backend cpu does not run here .*use --backend auto or reference"):
+        cli.pick_backend("cpu", model, diffusion, torch.device("cpu"), torch.float32, rep)
 
 
 # ---------------------------------------------------------------------------------------------
