@@ -534,10 +534,7 @@ def cmd_lift(args) -> int:
                 raise CliError("the model produced NaN or infinite poses"
                                + (f" in {args.dtype}; try --dtype fp32" if args.dtype != "fp32" else
                                   "; the checkpoint may be broken"))
-            hyp = hyp - hyp[:, :, root:root + 1]  # exactly root-relative (the model predicts the root near 0)
-            mean = hyp.mean(1)
-            spread = (hyp - mean[:, None]).square().sum(-1).mean(1).sqrt()  # as the engine: RMS about the mean
-            agg = hyp.median(1).values if args.aggregate == "median" else mean
+            agg, spread = r.mean.float().cpu(), r.spread.float().cpu()  # root-relative, median if asked
             writer.write(pose3d=agg.numpy(), hypotheses=hyp.numpy(), spread=spread.numpy(), weak=weak,
                          pose2d=pose2d, keypoints2d=kp2d, frame_index=idx, score=score)
             spread_sum += float(spread.sum())

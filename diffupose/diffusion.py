@@ -30,7 +30,10 @@ class DiffusionConfig:
     cosine_s: float = 0.008
     lambda_y: float = 0.1  # weight of the 2D-reconstruction L1 term
     joint_weights: str = "extremities"  # "uniform", "extremities", or comma-separated floats
-    clip_x0: float = 0.0  # clip the x0 estimate to [-clip, clip] in normalised units; 0: off
+    # Clip the x0 estimate to [-clip, clip] (normalised units; 0: off). Needed with eps prediction:
+    # at t = T-1 of the cosine schedule sqrt(abar) = 5e-4, so x0 = (x_t - sqrt(1-abar) eps) / sqrt(abar)
+    # multiplies the model's eps error by ~2000. Poses normalised by their RMS stay within ~3.2.
+    clip_x0: float = 4.0
     pose_scale: float = 0.25  # metres per normalised unit
 
     def __post_init__(self):

@@ -75,14 +75,16 @@ class Lifter:
     eta: DDIM noise; flip: test-time flip augmentation (needs the skeleton); aggregate: 'mean' or
     'median'; batch_frames: frames per denoiser call (memory is ~ batch_frames * n_hyp samples);
     dtype: activation dtype of the denoiser (fp32, bf16, fp16); cuda_graph: capture on CUDA
-    (default True there); seed: the noise seed (reproducible: same seed, same results).
+    (default True there); seed: the noise seed (reproducible: same seed, same results);
+    center_root: translate every hypothesis so its root joint is exactly at 0 (default; without
+    it the mean and spread are the sampler kernel's own, the root only near 0).
     """
 
     def __init__(self, model: nn.Module, diffusion: Diffusion, *, n_hyp: int = 10, steps: int = 5,
                  sampler: str = "ddim", eta: float = 0.0, flip: bool = False, aggregate: str = "mean",
                  batch_frames: int = 1024, dtype: torch.dtype = torch.float32, cuda_graph: Optional[bool] = None,
                  seed: int = 0, backend: Optional[str] = None, device: Optional[torch.device] = None,
-                 progress: bool = False):
+                 progress: bool = False, center_root: bool = True):
         if n_hyp < 1 or steps < 1 or batch_frames < 1:
             raise ValueError(f"n_hyp, steps and batch_frames must be >= 1 (got {n_hyp}, {steps}, {batch_frames})")
         if sampler not in SAMPLERS:
@@ -100,6 +102,8 @@ class Lifter:
         if self.use_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs a CUDA device")
         self.progress = progress
+        self.center_root = center_root
+        self.root = self.skeleton.parents.index(-1)
         self.rng_state = torch.tensor([seed, 0], dtype=torch.int64, device=self.device)
         self._graphs: dict[tuple, _CapturedLoop] = {}
 
@@ -116,6 +120,13 @@ class Lifter:
             rng_state=self.rng_state, flip=self.skeleton if self.flip else None, backend=self.backend,
             dtype=self.dtype, counter_stride=stride)
         scale = self.diffusion.cfg.pose_scale
+        if self.center_root:
+            # exactly root-relative, as the training targets are (the model puts the root only near 0):
+            # the mean moves with the hypotheses; the spread about the moved mean is recomputed
+            r = self.root
+            hyp = hyp - hyp[:, :, r:r + 1]
+            mean = mean - mean[:, r:r + 1]
+            spread = (hyp - mean[:, None]).square().sum(-1).mean(1).sqrt()
         if self.aggregate == "median":
             mean = hyp.median(dim=1).values
         return hyp * scale, mean * scale, spread * scale
