@@ -50,7 +50,8 @@ inline void check_mgcn_fwd_args(const MgcnDims& d, const at::Tensor& x, const at
 }
 
 inline void check_mgcn_bwd_args(const MgcnDims& d, const at::Tensor& grad_out, const at::Tensor& pre) {
-  TORCH_CHECK(pre.numel() > 0, "mgcn_bwd: pre is empty: run mgcn_fwd with save_pre=True for training");
+  // an empty batch saves an empty pre: that is not a forward run without save_pre
+  TORCH_CHECK(pre.numel() > 0 || d.B * d.J * d.Cout == 0, "mgcn_bwd: pre is empty: run mgcn_fwd with save_pre=True for training");
   for (const at::Tensor* t : {&grad_out, &pre})
     TORCH_CHECK(t->dim() == 3 && t->size(0) == d.B && t->size(1) == d.J && t->size(2) == d.Cout,
                 "mgcn_bwd: grad_out and pre must be [", d.B, ", ", d.J, ", ", d.Cout, "], got ", t->sizes());
