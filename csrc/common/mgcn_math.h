@@ -1,5 +1,5 @@
-// Per-element epilogue math of the modulated graph convolution, shared by CPU and CUDA.
-// Reference: diffupose/ops/mgcn.py::mgcn_ref.
+// Per-element epilogue math of the modulated graph convolution, shared by CPU and CUDA,
+// in the accumulation type T. Reference: diffupose/ops/mgcn.py::mgcn_ref.
 //   u   = pre * (1 + scale) + shift
 //   out = act(u) + residual
 #pragma once
@@ -8,19 +8,22 @@
 
 namespace diffupose {
 
-DP_HD float mgcn_epilogue_fwd(float pre, float scale, float shift, int act) {
-  return act_fwd(pre * (1.0f + scale) + shift, act);
+template <typename T, typename Exp = StdExp>
+DP_HD T mgcn_epilogue_fwd(T pre, T scale, T shift, int act, Exp e = {}) {
+  return act_fwd<T>(pre * (T(1) + scale) + shift, act, e);
 }
 
+template <typename T>
 struct MgcnEpilogueGrad {
-  float dpre;  // dL/dpre
-  float dz;    // dL/du: dshift accumulates dz, dscale accumulates dz * pre
+  T dpre;  // dL/dpre
+  T dz;    // dL/du: dshift accumulates dz, dscale accumulates dz * pre
 };
 
 // g = dL/dout at one element.
-DP_HD MgcnEpilogueGrad mgcn_epilogue_bwd(float g, float pre, float scale, float shift, int act) {
-  const float dz = g * act_bwd(pre * (1.0f + scale) + shift, act);
-  return {dz * (1.0f + scale), dz};
+template <typename T, typename Exp = StdExp>
+DP_HD MgcnEpilogueGrad<T> mgcn_epilogue_bwd(T g, T pre, T scale, T shift, int act, Exp e = {}) {
+  const T dz = g * act_bwd<T>(pre * (T(1) + scale) + shift, act, e);
+  return {dz * (T(1) + scale), dz};
 }
 
 }  // namespace diffupose

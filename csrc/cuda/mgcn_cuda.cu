@@ -60,53 +60,6 @@ constexpr int64_t max_joints() {
 
 inline int samples_per_block(int64_t J) { return static_cast<int>(std::max<int64_t>(1, kTargetRows / J)); }
 
-// ------------------------------------------------------------------------------------------------
-// epilogue math in the accumulation type
-// ------------------------------------------------------------------------------------------------
-// fp32 (fp32 / fp16 / bf16 x): exactly the shared functions of common/mgcn_math.h, so the CPU
-// and CUDA kernels compute the same function.
-__device__ __forceinline__ float epilogue_fwd(float pre, float scale, float shift, int act) {
-  return mgcn_epilogue_fwd(pre, scale, shift, act);
-}
-
-template <typename acc_t>
-struct EpilogueGrad {
-  acc_t dpre;  // dL/dpre
-  acc_t dz;    // dL/du, u = pre * (1 + scale) + shift: dshift sums dz, dscale sums dz * pre
-};
-
-__device__ __forceinline__ EpilogueGrad<float> epilogue_bwd(float g, float pre, float scale, float shift, int act) {
-  const MgcnEpilogueGrad r = mgcn_epilogue_bwd(g, pre, scale, shift, act);
-  return {r.dpre, r.dz};
-}
-
-// fp64 x: the same formulas as common/activation.h and common/mgcn_math.h (keep them in sync),
-// in double, since the shared float versions would cap an fp64 op at fp32 accuracy.
-__device__ __forceinline__ double act_fwd_f64(double u, int act) {
-  if (act == kActRelu) return u > 0.0 ? u : 0.0;
-  if (act == kActSilu) return u / (1.0 + exp(-u));
-  return u;
-}
-
-__device__ __forceinline__ double act_bwd_f64(double u, int act) {
-  if (act == kActRelu) return u > 0.0 ? 1.0 : 0.0;
-  if (act == kActSilu) {
-    const double s = 1.0 / (1.0 + exp(-u));
-    return s * (1.0 + u * (1.0 - s));
-  }
-  return 1.0;
-}
-
-__device__ __forceinline__ double epilogue_fwd(double pre, double scale, double shift, int act) {
-  return act_fwd_f64(pre * (1.0 + scale) + shift, act);
-}
-
-__device__ __forceinline__ EpilogueGrad<double> epilogue_bwd(double g, double pre, double scale, double shift,
-                                                             int act) {
-  const double dz = g * act_bwd_f64(pre * (1.0 + scale) + shift, act);
-  return {dz * (1.0 + scale), dz};
-}
-
 // Sum over the 32 lanes of a warp, in a fixed tree order (deterministic); lane 0 holds the total.
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -169,7 +122,7 @@ __global__ void __launch_bounds__(kThreads)
       scale = static_cast<acc_t>(ss[b * ss_stride + c]);
       shift = static_cast<acc_t>(ss[b * ss_stride + Cout + c]);
     }
-    acc_t u = epilogue_fwd(pre, scale, shift, act);
+    acc_t u = mgcn_epilogue_fwd<acc_t>(pre, scale, shift, act);
     const int64_t e = row * Cout + c;
     if (res != nullptr) u += static_cast<acc_t>(res[e]);
     out[e] = static_cast<scalar_t>(u);
@@ -227,7 +180,7 @@ __global__ void __launch_bounds__(kThreads)
       if (c_ok) {
         const int64_t e = row * Cout + c;
         const acc_t pre_v = static_cast<acc_t>(pre[e]);
-        const EpilogueGrad<acc_t> gr = epilogue_bwd(static_cast<acc_t>(g[e]), pre_v, scale, shift, act);
+        const MgcnEpilogueGrad<acc_t> gr = mgcn_epilogue_bwd<acc_t>(static_cast<acc_t>(g[e]), pre_v, scale, shift, act);
         dpre = gr.dpre;
         dscale += gr.dz * pre_v;
         dshift += gr.dz;
