@@ -2,7 +2,9 @@
 
   diffupose lift KEYPOINTS -o OUT.npz     2D keypoints of a video -> N 3D hypotheses per frame
   diffupose viz OUT.npz -o frame.png      the 2D input beside the 3D hypotheses (PNG, GIF, MP4)
-  diffupose eval | import-mocap | demo    wired to diffupose.evaluate / diffupose.data.build_cmu
+  diffupose eval                          MPJPE / P-MPJPE per action of a checkpoint on a test set
+  diffupose demo -o demo.png              the main job on the embedded CMU data: lift, score, draw
+  diffupose import-mocap ASF/AMC|BVH -o D motion capture -> a training set (VideoPose3D layout)
 
 Every failure a user can cause (a bad file, a wrong option, a foreign checkpoint) ends with one
 line on stderr, `diffupose <command>: error: ...`, and exit status 1 (2 for usage errors); no
@@ -12,7 +14,6 @@ one-line summary of a result to stdout.
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
 import sys
@@ -22,6 +23,8 @@ from typing import Optional, Sequence
 
 PROG = "diffupose"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "checkpoints" / "cmu_gcn"
+TRAIN_HINT = "python train/h36m.py --dataset cmu --out runs/cmu"  # writes runs/cmu/model.{safetensors,json}
+DEMO_CPU_FRAMES = 2000  # the demo's default subsample on a CPU: under a minute on 2 cores (N = 1 and N = 10, flip)
 DTYPES = ("fp32", "bf16", "fp16")
 IMAGE_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 CLIP_FORMATS = (".gif", ".mp4")
@@ -101,20 +104,34 @@ class _Formatter(argparse.HelpFormatter):
 # ---------------------------------------------------------------------------------------------
 # the parser
 # ---------------------------------------------------------------------------------------------
-def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
+def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str, *, several_n: bool = False,
+                       flip_default: bool = False, batch_default: str = "1024 on CUDA, 256 on CPU") -> None:
+    """The options every lifting command shares. several_n: -n takes a list (one table row each);
+    flip_default: flip augmentation on unless --no-flip (the paper's evaluation protocol);
+    batch_default: what --batch-size defaults to, in words."""
     from .engine import AGGREGATES, SAMPLERS
     from .ops.backend import BACKENDS
 
     g = p.add_argument_group("model and sampling")
     g.add_argument("--checkpoint", metavar="PATH", default=None, help=checkpoint_help)
-    g.add_argument("-n", "--hypotheses", type=_positive_int, default=10, metavar="N",
-                   help="3D hypotheses drawn per frame")
+    if several_n:
+        g.add_argument("-n", "--hypotheses", type=_positive_int, nargs="+", default=[1, 10], metavar="N",
+                       help="3D hypotheses drawn per frame: one table row per value")
+    else:
+        g.add_argument("-n", "--hypotheses", type=_positive_int, default=10, metavar="N",
+                       help="3D hypotheses drawn per frame")
     g.add_argument("--steps", type=_positive_int, default=None, metavar="K",
                    help="denoising steps of the DDIM sampler (default: 5; --sampler ddpm takes all T steps instead)")
     g.add_argument("--sampler", choices=SAMPLERS, default="ddim",
                    help="ddim: K deterministic steps; ddpm: the ancestral sampler over all T steps (slower)")
-    g.add_argument("--flip", action="store_true",
-                   help="test-time flip augmentation: average the denoiser with its left-right mirror")
+    if flip_default:
+        g.add_argument("--flip", dest="flip", action="store_true", default=True,
+                       help="test-time flip augmentation: average the denoiser with its left-right mirror "
+                            "(on by default here, as in the paper's tables)")
+        g.add_argument("--no-flip", dest="flip", action="store_false", help="no test-time flip augmentation")
+    else:
+        g.add_argument("--flip", action="store_true",
+                       help="test-time flip augmentation: average the denoiser with its left-right mirror")
     g.add_argument("--aggregate", choices=AGGREGATES, default="mean",
                    help="how the hypotheses are combined into one pose per frame (mean, or per-joint median)")
     g.add_argument("--seed", type=int, default=0, help="noise seed: the same seed and settings give the same output")
@@ -122,7 +139,7 @@ def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None
     r.add_argument("--device", default="auto",
                    help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     r.add_argument("--batch-size", type=_positive_int, default=None, metavar="FRAMES",
-                   help="frames per denoiser call; memory grows with FRAMES x N (default: 1024 on CUDA, 256 on CPU)")
+                   help=f"frames per denoiser call; memory grows with FRAMES x N (default: {batch_default})")
     r.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="kernels: auto picks the fastest that works here (cuda > triton > reference on a GPU, "
                         "cpu > reference on the CPU) and falls back to reference if a compiled kernel is missing")
@@ -226,23 +243,53 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     viz.set_defaults(func=cmd_viz)
 
-    # -- the commands the evaluation and data modules provide -----------------------------------
+    # -- eval -----------------------------------------------------------------------------------
+    from .data.dataset import DATASETS
+
     ev = sub.add_parser(
         "eval", formatter_class=_Formatter, help="evaluate a checkpoint (MPJPE, P-MPJPE per action)",
-        description="Evaluate a checkpoint on a 3D dataset: MPJPE and P-MPJPE of the aggregate (and of the best "
-                    "hypothesis, reported as an oracle bound), per action and overall.",
+        description="Evaluate a checkpoint on a dataset's test split: MPJPE (protocol #1) and P-MPJPE (protocol "
+                    "#2, after a similarity alignment) per action and their mean over actions, in Table I's layout, "
+                    "one row per number of hypotheses N. The prediction is the aggregate (mean, or per-joint "
+                    "median) of the N hypotheses, lifted from the 2D alone; the 3D ground truth is read only to "
+                    "score it.\n\n"
+                    "--oracle adds the best of the N hypotheses per frame, chosen with the ground truth: a bound on "
+                    "what the hypotheses contain, not a prediction, and reported only as such.",
         epilog="examples:\n"
-               "  diffupose eval --dataset cmu\n"
-               "  diffupose eval --dataset h36m --data-dir ~/data/h36m --checkpoint runs/h36m/model -n 10 --flip")
-    ev.add_argument("--dataset", default="cmu", help="cmu (the embedded set), h36m or humaneva (bring your own files)")
-    ev.add_argument("--data-dir", metavar="DIR", default=None,
-                    help="folder with the dataset's files (VideoPose3D layout: data_3d_*.npz, data_2d_*.npz)")
-    ev.add_argument("--keypoints", default=None,
-                    help="2D input for h36m/humaneva: gt or a detector's name (e.g. cpn_ft_h36m_dbb)")
-    ev.add_argument("-o", "--output", metavar="OUT", default=None, help="write the results table here (.json or .md)")
-    _add_model_options(ev, "checkpoint to evaluate (default: the shipped CMU-trained GCN)")
-    ev.set_defaults(func=_provided("diffupose.evaluate", "main_eval", "eval"))
+               "  # the embedded CMU test set, the shipped checkpoint, N = 1 and N = 10\n"
+               "  diffupose eval\n"
+               "  diffupose eval --checkpoint runs/cmu/model --keypoints det -n 1 5 10 --json cmu.json\n"
+               "  # Human3.6M (your own files, VideoPose3D layout), CPN detections, on the GPU\n"
+               "  diffupose eval --dataset h36m --data-dir ~/data/h36m --keypoints cpn_ft_h36m_dbb \\\n"
+               "      --checkpoint runs/h36m/model --device cuda --oracle")
+    d = ev.add_argument_group("data")
+    d.add_argument("--dataset", choices=DATASETS, default="cmu",
+                   help="cmu (the embedded set, test split: an unseen subject and unseen takes), h36m or humaneva "
+                        "(bring your own files)")
+    d.add_argument("--data-dir", metavar="DIR", default=None,
+                   help="folder with the dataset's files in the VideoPose3D layout (data_3d_*.npz, data_2d_*.npz); "
+                        "required for h36m and humaneva, optional for cmu (default: the embedded copy)")
+    d.add_argument("--keypoints", default=None, metavar="SET",
+                   help="2D input: gt (projected ground truth), a detector's set (cmu: det; h36m: e.g. "
+                        "cpn_ft_h36m_dbb) or a path to a 2D .npz. Default: the set the checkpoint was trained on "
+                        "where it records one for this dataset, else gt")
+    d.add_argument("--cameras", metavar="FILE", default=None,
+                   help="cameras JSON in the h36m_cameras.json form (required for humaneva)")
+    d.add_argument("--max-frames", type=_nonneg_int, default=0, metavar="F",
+                   help="evaluate at most F test frames, spread evenly over the split (0: all)")
+    o = ev.add_argument_group("output")
+    o.add_argument("--oracle", action="store_true",
+                   help="also report the oracle best-of-N errors (the hypothesis nearest the ground truth per frame; "
+                        "uses ground truth, so it is a bound, not a prediction)")
+    o.add_argument("--json", metavar="FILE", default=None,
+                   help="write the summary, the per-action numbers and the settings to this JSON file")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes (errors still shown)")
+    _add_model_options(ev, "checkpoint to evaluate: <stem>.safetensors + <stem>.json, the stem, or a folder with "
+                           "model.* (default: the shipped CMU-trained GCN)", several_n=True, flip_default=True,
+                       batch_default="4096 on CUDA, about 4096 / N on CPU")
+    ev.set_defaults(func=cmd_eval)
 
+    # -- import-mocap ---------------------------------------------------------------------------
     im = sub.add_parser(
         "import-mocap", formatter_class=_Formatter, help="convert motion capture (ASF/AMC, BVH) to a training set",
         description="Convert motion-capture files (CMU ASF/AMC or BVH, or folders of them) to the 17 Human3.6M "
@@ -266,16 +313,44 @@ def build_parser() -> argparse.ArgumentParser:
                     help="metres per BVH unit (default: guessed from the skeleton's height)")
     im.add_argument("--seed", type=int, default=0, help="seed of the camera placement jitter and the 2D noise")
     im.add_argument("--no-detections", action="store_true", help="write no detector-like 2D set")
-    im.set_defaults(func=_provided("diffupose.data.build_cmu", "import_mocap", "import-mocap", call=_call_import_mocap))
+    im.set_defaults(func=cmd_import_mocap)
+
+    # -- demo -----------------------------------------------------------------------------------
     demo = sub.add_parser(
-        "demo", formatter_class=_Formatter, help="the main job on the embedded data: lift, evaluate, draw",
-        description="Run the whole path on the embedded demo data: lift its 2D poses, report MPJPE and "
-                    "throughput, and draw a few frames.",
-        epilog="examples:\n  diffupose demo\n  diffupose demo --device cuda -o out/demo")
-    demo.add_argument("-o", "--output", metavar="DIR", default=None, help="folder for the demo's results and figures")
-    _add_model_options(demo, "checkpoint to run (default: the shipped CMU-trained GCN)")
-    demo.set_defaults(func=_provided("diffupose.evaluate", "main_demo", "demo"))
+        "demo", formatter_class=_Formatter, help="the main job on the embedded data: lift, score, draw",
+        description="The whole path on the embedded CMU data: load the shipped checkpoint, lift the 2D poses of "
+                    "the test clips (a person never seen in training, and unseen takes of the others), print "
+                    "MPJPE and P-MPJPE for N = 1 and N hypotheses beside the mean-pose baseline (the training "
+                    "set's mean pose predicted for every frame), the wall time and frames per second, and write "
+                    "a figure: per-action MPJPE bars and one example frame (the 2D input beside the aggregate "
+                    "and a few hypotheses in 3D, the ground truth dashed).\n\n"
+                    f"On a CPU the default lifts {DEMO_CPU_FRAMES:,} test frames spread evenly over the split (about "
+                    "a minute on 2 cores with the C++ kernels); on a GPU all of them. --max-frames 0 takes all.",
+        epilog="examples:\n"
+               "  diffupose demo\n"
+               "  diffupose demo --device cuda --out results/demo.png\n"
+               "  diffupose demo --checkpoint runs/cmu/model --keypoints det --max-frames 0")
+    demo.add_argument("-o", "--out", metavar="FIGURE", default="demo.png",
+                      help="the figure to write (.png, .jpg, .pdf or .svg)")
+    demo.add_argument("--keypoints", choices=("gt", "det"), default=None,
+                      help="2D input: gt (exact projections) or det (with detector-like noise). Default: the set "
+                           "the checkpoint was trained on where it records one, else gt")
+    demo.add_argument("--max-frames", type=_nonneg_int, default=None, metavar="F",
+                      help=f"lift at most F test frames, spread evenly over the split (0: all; default: "
+                           f"{DEMO_CPU_FRAMES} on a CPU, all on a GPU)")
+    demo.add_argument("--json", metavar="FILE", default=None, help="also write the numbers to this JSON file")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes (errors still shown)")
+    _add_model_options(demo, "checkpoint to run: <stem>.safetensors + <stem>.json, the stem, or a folder with "
+                             "model.* (default: the shipped CMU-trained GCN, diffupose/assets/checkpoints/cmu_gcn)",
+                       flip_default=True, batch_default="4096 on CUDA, about 4096 / N on CPU")
+    demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def cmd_import_mocap(args) -> int:
+    from .data.build_cmu import import_mocap
+
+    return _call_import_mocap(import_mocap, args)
 
 
 def _call_import_mocap(fn, args) -> int:
@@ -289,29 +364,6 @@ def _call_import_mocap(fn, args) -> int:
     paths = (summary or {}).get("paths", {})
     print(f"wrote {', '.join(Path(p).name for p in paths.values()) or 'the dataset'} to {args.output}")
     return 0
-
-
-def _provided(module: str, func: str, command: str, call=None):
-    """A command implemented elsewhere: call module.func(args) (or call(func, args)) if it exists,
-    else say so (exit 2)."""
-
-    def run(args) -> int:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name is not None and module.startswith(e.name):
-                print(f"{PROG} {command}: not available yet in this version ({module} is not part of it)",
-                      file=sys.stderr)
-                return 2
-            raise
-        fn = getattr(mod, func, None)
-        if fn is None:
-            print(f"{PROG} {command}: not available yet in this version ({module}.{func} is missing)", file=sys.stderr)
-            return 2
-        rc = call(fn, args) if call is not None else fn(args)
-        return int(rc or 0)
-
-    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,23 +403,26 @@ def _torch_dtype(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def load_model(checkpoint: Optional[str], device):
-    """(model, diffusion, config, the checkpoint's weights path); CliError for anything unusable."""
+def load_model(checkpoint: Optional[str], device, allow_regressor: bool = False):
+    """(model, diffusion, config, the checkpoint's weights path); CliError for anything unusable.
+    allow_regressor: accept the deterministic regressor of the ablations (eval scores it; lifting
+    hypotheses needs a diffusion denoiser)."""
     from .checkpoint import CheckpointError, checkpoint_paths, load_checkpoint
 
     path = Path(checkpoint).expanduser() if checkpoint else DEFAULT_CHECKPOINT
     wpath, cpath = checkpoint_paths(path)
     if checkpoint is None and not (wpath.exists() or cpath.exists()):
-        raise CliError(f"the shipped checkpoint is missing ({wpath} and {cpath.name} not found): this install has no "
-                       "trained model yet; pass --checkpoint STEM, the stem of a <stem>.safetensors + <stem>.json "
-                       "pair written by diffupose training")
+        raise CliError(f"the shipped checkpoint is missing: {wpath} (and {cpath.name}) not found, this install has "
+                       f"no trained model yet; train one with `{TRAIN_HINT}` (minutes on a CPU) and pass "
+                       "--checkpoint runs/cmu/model, or pass --checkpoint STEM of any <stem>.safetensors + "
+                       "<stem>.json pair written by diffupose training")
     if checkpoint is not None and not (wpath.exists() or cpath.exists()):
         raise CliError(f"checkpoint not found: {path} (expected {wpath.name} and {cpath.name} there)")
     try:
         model, diffusion, config = load_checkpoint(path, device)
     except CheckpointError as e:
         raise CliError(f"unusable checkpoint: {e}") from None
-    if model.cfg.arch == "regressor":
+    if model.cfg.arch == "regressor" and not allow_regressor:
         raise CliError(f"{cpath} is a deterministic regressor (arch 'regressor'), not a diffusion denoiser; "
                        "lifting needs a gcn, mlp or unet checkpoint")
     return model, diffusion, config, wpath
@@ -584,6 +639,233 @@ def cmd_viz(args) -> int:
     viz.save_clip(res, rows, out, fps=args.fps, max_hyp=args.max_hypotheses, elev=args.elev, azim=args.azim,
                   dpi=args.dpi, progress=not args.quiet)
     print(f"{len(rows)} frames -> {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# eval and demo
+# ---------------------------------------------------------------------------------------------
+def _sampling(args, model, diffusion, device, report: _Reporter):
+    """(steps, dtype, backend) for eval and demo."""
+    dtype = _torch_dtype(args.dtype)
+    if args.steps is not None and args.sampler == "ddpm":
+        report.note(f"--steps is ignored by --sampler ddpm (it takes all {diffusion.cfg.T} steps)")
+    steps = args.steps or 5
+    if model.cfg.arch == "regressor":  # one forward pass, no sampler: nothing to probe
+        return steps, dtype, (None if args.backend == "auto" else args.backend)
+    return steps, dtype, pick_backend(args.backend, model, diffusion, device, dtype, report)
+
+
+def _load_sets(name: str, data_dir, keypoints: Optional[str], cameras, config: dict, model):
+    """(train, test, keypoints used, where that choice came from) of a dataset; CliError for files
+    that are missing or unreadable and for a skeleton the checkpoint does not have."""
+    from .data.dataset import load_dataset
+
+    recorded = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    if keypoints is not None:
+        source = "--keypoints"
+    elif recorded.get("name") == name and isinstance(recorded.get("keypoints"), str):
+        keypoints, source = recorded["keypoints"], "the checkpoint's training input"
+    else:
+        keypoints, source = "gt", "default"
+    where = f"--dataset {name}" + (f" --data-dir {data_dir}" if data_dir else "")
+    try:
+        train, test = load_dataset(name, Path(data_dir).expanduser() if data_dir else None, keypoints, cameras)
+    except OSError as e:
+        text = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+        raise CliError(f"{where}: {text}") from None
+    except (ValueError, KeyError) as e:
+        raise CliError(f"{where}: {e}") from None
+    if len(test) == 0:
+        raise CliError(f"{where}: the test split has no frames")
+    if test.skeleton.name != model.cfg.skeleton:
+        raise CliError(f"the checkpoint's model is for the {model.cfg.skeleton} skeleton but {name} has "
+                       f"{test.skeleton.name} poses; evaluate it on a dataset of its skeleton")
+    return train, test, keypoints, source
+
+
+def _lift_and_score(model, diffusion, test, ns, args, steps, dtype, backend, device, *, oracle: bool,
+                    keep: bool):
+    from .evaluate import evaluate_model
+
+    try:
+        return evaluate_model(model, diffusion, test, hypotheses=ns, steps=steps, sampler=args.sampler, flip=args.flip,
+                              aggregate=args.aggregate, seed=args.seed, backend=backend, batch_frames=args.batch_size,
+                              dtype=dtype, device=device, progress=not args.quiet, oracle=oracle,
+                              keep_predictions=keep)
+    except FloatingPointError as e:
+        raise CliError(f"{e}" + (f" in {args.dtype}; try --dtype fp32" if args.dtype != "fp32" else
+                                 "; the checkpoint may be broken")) from None
+
+
+def _settings_text(args, model, steps, backend, device) -> str:
+    if model.cfg.arch == "regressor":
+        how = "deterministic regressor"
+    else:
+        how = (f"{steps} DDIM steps" if args.sampler == "ddim" else "DDPM (all steps)") + f", {args.aggregate} of N"
+    return f"{how}, flip {'on' if args.flip else 'off'}, {backend or 'auto'} kernels on {device}"
+
+
+def _subset_text(test, total: int) -> str:
+    if len(test) == total:
+        return f"all {total:,} test frames"
+    return f"{len(test):,} of {total:,} test frames (about 1 in {total / len(test):.0f}, spread evenly)"
+
+
+def _results_doc(kind: str, config: dict, wpath: Path, dataset: dict, settings: dict, evals,
+                 baselines=None) -> dict:
+    from . import __version__
+    from .evaluate import ORACLE_ROW, per_action, summary
+
+    doc = {
+        "format": f"diffupose-{kind}", "diffupose_version": __version__,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "units": "millimetres (MPJPE: protocol #1; P-MPJPE: protocol #2, after a similarity alignment); "
+                 "per action, then Avg = the mean over actions",
+        "summary": summary(evals),
+        "per_action": per_action(evals, baselines),
+        "frames_per_action": next(iter(evals.values())).frames,
+        "dataset": dataset, "settings": settings,
+        "checkpoint": {"path": str(wpath.resolve()), "weights_sha256": _sha256(wpath),
+                       **{k: config.get(k) for k in ("model", "diffusion", "dataset", "metrics")}},
+    }
+    if any(ev.oracle_mpjpe is not None for ev in evals.values()):
+        doc["oracle_note"] = (f"rows named {ORACLE_ROW.format(n='N')!r} and summary keys oracle_*: the hypothesis "
+                              "nearest the ground truth per frame; they use the ground truth, so they are a bound, "
+                              "not a prediction")
+    return doc
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    import json
+
+    from .checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import ORACLE_ROW, subsample, tables
+    from .keypoints import check_output_path
+
+    report = _Reporter("eval", args.quiet)
+    json_out = check_output_path(args.json, formats=(".json",)) if args.json else None
+    if args.dataset in ("h36m", "humaneva") and args.data_dir is None:
+        raise CliError(f"--dataset {args.dataset} needs --data-dir DIR, the folder with your copy of its files "
+                       "(VideoPose3D layout; the data are not shipped)")
+    device = _device(args.device)
+    model, diffusion, config, wpath = load_model(args.checkpoint, device, allow_regressor=True)
+    _, test_all, keypoints, kp_source = _load_sets(args.dataset, args.data_dir, args.keypoints, args.cameras, config,
+                                                   model)
+    steps, dtype, backend = _sampling(args, model, diffusion, device, report)
+    test, _ = subsample(test_all, args.max_frames)
+    ns = (1,) if model.cfg.arch == "regressor" else tuple(dict.fromkeys(args.hypotheses))
+    if model.cfg.arch == "regressor" and tuple(args.hypotheses) != (1,):
+        report.note("the checkpoint is a deterministic regressor: one prediction per frame (N = 1)")
+    print(f"evaluating {wpath.with_suffix('')} ({model.cfg.arch}) on {args.dataset}: "
+          f"{_subset_text(test, len(test_all))}, "
+          f"{len(test.actions())} actions, 2D input {keypoints!r} ({kp_source}); "
+          f"{_settings_text(args, model, steps, backend, device)}", flush=True)
+    evals = _lift_and_score(model, diffusion, test, ns, args, steps, dtype, backend, device, oracle=args.oracle,
+                            keep=False)
+    method = {"gcn": "DiffuPose"}.get(model.cfg.arch, model.cfg.arch)
+    print()
+    print(tables(evals, method=method, title=f"{args.dataset} test. ", oracle_row=ORACLE_ROW))
+    print()
+    for n, ev in evals.items():
+        print(f"N={n}: lifted {len(test):,} frames in {ev.extra['seconds']:.1f} s ({ev.extra['fps']:,.0f} frames/s)")
+    if json_out is not None:
+        settings = {"hypotheses": list(ns), "steps": steps if args.sampler == "ddim" else diffusion.cfg.T,
+                    "sampler": args.sampler, "flip": args.flip, "aggregate": args.aggregate, "seed": args.seed,
+                    "batch_size": args.batch_size, "device": str(device), "backend": backend, "dtype": args.dtype,
+                    "oracle": args.oracle}
+        dataset = {"name": args.dataset, "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
+                   "keypoints": keypoints, "split": "test", "frames": len(test), "frames_in_split": len(test_all)}
+        _write_json(json_out, _results_doc("eval", config, wpath, dataset, settings, evals))
+        print(f"results -> {json_out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import numpy as np
+
+    from . import demo as demo_fig
+    from .evaluate import evaluate_mean_pose, subsample, tables
+    from .keypoints import check_output_path
+    from .metrics import mpjpe_per_frame
+
+    t_start = time.perf_counter()
+    report = _Reporter("demo", args.quiet)
+    out = check_output_path(args.out, formats=IMAGE_FORMATS)
+    json_out = check_output_path(args.json, formats=(".json",)) if args.json else None
+    device = _device(args.device)
+    model, diffusion, config, wpath = load_model(args.checkpoint, device)
+    train, test_all, keypoints, kp_source = _load_sets("cmu", None, args.keypoints, None, config, model)
+    steps, dtype, backend = _sampling(args, model, diffusion, device, report)
+    max_frames = args.max_frames if args.max_frames is not None else (0 if device.type == "cuda" else DEMO_CPU_FRAMES)
+    test, _ = subsample(test_all, max_frames)
+    subset = _subset_text(test, len(test_all))
+    if args.max_frames is None and len(test) < len(test_all):
+        subset += "; the CPU default, --max-frames 0 for all"
+    ns = tuple(dict.fromkeys((1, args.hypotheses)))
+    print(f"DiffuPose demo on the embedded CMU mocap test split (an unseen person and unseen takes): {subset}; "
+          f"2D input {keypoints!r} ({kp_source})", flush=True)
+    print(f"checkpoint {wpath.with_suffix('')} ({model.cfg.arch}, d_model {model.cfg.d_model}, "
+          f"{model.cfg.n_blocks} blocks); {_settings_text(args, model, steps, backend, device)}", flush=True)
+
+    evals = _lift_and_score(model, diffusion, test, ns, args, steps, dtype, backend, device, oracle=False, keep=True)
+    base_name = "mean pose (training set)"
+    base = evaluate_mean_pose(train, test)
+
+    # the headline: the model beside the baseline, and how fast
+    rows = [(base_name, base, None)] + [(f"DiffuPose N={n}", ev, ev) for n, ev in evals.items()]
+    w = max(len(r[0]) for r in rows)
+    print()
+    print(f"{'':{w}}  {'MPJPE':>7}  {'P-MPJPE':>7}  {'lifting':>8}  {'frames/s':>8}")
+    print(f"{'':{w}}  {'(mm)':>7}  {'(mm)':>7}  {'(s)':>8}  {'':>8}")
+    for name, ev, timed in rows:
+        t = f"{timed.extra['seconds']:8.1f}  {timed.extra['fps']:8,.0f}" if timed else f"{'-':>8}  {'-':>8}"
+        print(f"{name:{w}}  {ev.mpjpe['Avg']:7.1f}  {ev.p_mpjpe['Avg']:7.1f}  {t}")
+    margins = []
+    for n, ev in evals.items():
+        pct = 100 * (1 - ev.mpjpe["Avg"] / base.mpjpe["Avg"])
+        margins.append(f"N={n} {abs(pct):.0f}% {'below' if pct >= 0 else 'ABOVE'}")
+    print(f"MPJPE against the mean-pose baseline: {', '.join(margins)} (averages over actions)")
+    print()
+    print(tables(evals, method="DiffuPose", title="per action. ", baselines={base_name: base}))
+
+    # the figure: per-action bars and one example frame (a fixed row: chosen without the ground truth)
+    row = len(test) // 2
+    n_top = max(evals)
+    pred = evals[n_top].extra["prediction"]
+    example = demo_fig.example_output(test.pose2d[row], pred.hypotheses[row], pred.mean[row], model.skeleton,
+                                      aggregate=args.aggregate, frame=int(test.frame[row]))
+    err = float(mpjpe_per_frame(pred.mean[row], test.pose3d[row]))
+    bars = {f"DiffuPose N={n}": ev.mpjpe for n, ev in evals.items()}
+    bars[base_name] = base.mpjpe
+    demo_fig.save_demo_figure(
+        out, bars, test.actions(), example, ground_truth=test.pose3d[row], baseline=base_name,
+        title=f"DiffuPose on the CMU test split ({len(test):,} frames, 2D {keypoints}): MPJPE "
+              + ", ".join(f"N={n} {ev.mpjpe['Avg']:.0f} mm" for n, ev in evals.items())
+              + f", mean pose {base.mpjpe['Avg']:.0f} mm",
+        example_title=f"example: subject {test.subject[row]}, clip {test.clip[row]} ({test.action[row]}), camera "
+                      f"{int(test.camera[row])}, frame {int(test.frame[row])}: {args.aggregate} of {n_top} "
+                      f"hypotheses, MPJPE {err:.0f} mm")
+    if json_out is not None:
+        settings = {"hypotheses": list(ns), "steps": steps if args.sampler == "ddim" else diffusion.cfg.T,
+                    "sampler": args.sampler, "flip": args.flip, "aggregate": args.aggregate, "seed": args.seed,
+                    "batch_size": args.batch_size, "device": str(device), "backend": backend, "dtype": args.dtype}
+        dataset = {"name": "cmu", "data_dir": None, "keypoints": keypoints, "split": "test", "frames": len(test),
+                   "frames_in_split": len(test_all)}
+        doc = _results_doc("demo", config, wpath, dataset, settings, evals, baselines={base_name: base})
+        doc["figure"] = str(out.resolve())
+        _write_json(json_out, doc)
+    wall = time.perf_counter() - t_start
+    lifted = len(test) * len(evals)
+    lift_s = sum(ev.extra["seconds"] for ev in evals.values())
+    print()
+    print(f"wall time {wall:.1f} s in all (lifting {lifted:,} frames: {lift_s:.1f} s, "
+          f"{lifted / max(lift_s, 1e-9):,.0f} frames/s); figure -> {out}" + (f"; numbers -> {json_out}" if json_out else ""))
     return 0
 
 

@@ -1,14 +1,17 @@
 """Evaluation: lift a test PoseSet with a model and report the paper's tables.
 
-Predictions never see the ground truth: the N hypotheses are aggregated by their mean (or
-per-joint median); the best-of-N oracle is computed by diffupose.metrics only for rows named
-"oracle". Flip test-time augmentation is on by default, as in the paper.
+Predictions never see the ground truth: `predict` reads only the 2D poses (of an array or of a
+PoseSet), and the N hypotheses are aggregated by their mean (or per-joint median). The ground
+truth is read afterwards, by diffupose.metrics, to score them. The best-of-N oracle needs the
+ground truth to choose a hypothesis, so it is a bound, not a prediction: it is computed only on
+request and reported only under the name ORACLE_ROW ("oracle best-of-N (uses ground truth; not a
+prediction)"). Flip test-time augmentation is on by default, as in the paper.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,77 +21,185 @@ from .diffusion import Diffusion
 from .engine import Lifter
 from .metrics import Evaluation, evaluate_poseset, format_table
 
+ORACLE_ROW = "oracle best-of-{n} (uses ground truth; not a prediction)"
+
 
 @dataclass
 class Prediction:
-    mean: np.ndarray  # [F, J, 3] metres
-    hypotheses: Optional[np.ndarray]  # [F, N, J, 3] metres (None for the regressor)
-    seconds: float  # wall time of the lifting
+    mean: np.ndarray  # [F, J, 3] metres, root-relative: the aggregate (mean or per-joint median)
+    hypotheses: Optional[np.ndarray]  # [F, N, J, 3] metres (None for the regressor, or when not kept)
+    seconds: float  # wall time of the lifting (model and sampler only: no data loading, no metrics)
+
+
+def default_batch_frames(device: torch.device, n_hyp: int) -> int:
+    """Frames per denoiser call. On a GPU, large batches (one captured graph each); on a CPU about
+    4k samples (frames x N) per call, where measured throughput peaks: larger batches fall out of
+    cache, smaller ones pay the per-op overhead."""
+    if torch.device(device).type == "cuda":
+        return 4096
+    return max(64, 4096 // max(n_hyp, 1))
 
 
 @torch.no_grad()
-def predict(model: nn.Module, diffusion: Diffusion, pose2d: np.ndarray, *, n_hyp: int = 1, steps: int = 5,
-            sampler: str = "ddim", flip: bool = True, aggregate: str = "mean", batch_frames: int = 4096,
+def predict(model: nn.Module, diffusion: Diffusion, inputs, *, n_hyp: int = 1, steps: int = 5,
+            sampler: str = "ddim", flip: bool = True, aggregate: str = "mean", batch_frames: Optional[int] = None,
             device=None, backend: Optional[str] = None, seed: int = 0, dtype=torch.float32,
-            progress: bool = False) -> Prediction:
-    """Lift screen-normalised 2D poses [F, J, 2]."""
+            progress: bool = False, keep_hypotheses: bool = True, desc: Optional[str] = None) -> Prediction:
+    """Lift screen-normalised 2D poses: an array [F, J, 2], or a PoseSet, of which only `pose2d`
+    is read (its 3D ground truth is never touched here). A progress bar in frames if `progress`."""
+    from tqdm.auto import tqdm
+
+    pose2d = getattr(inputs, "pose2d", inputs)  # a PoseSet: its 2D only
     device = torch.device(device) if device is not None else next(model.parameters()).device
     y = torch.as_tensor(np.asarray(pose2d), dtype=torch.float32, device=device)
-    t0 = time.perf_counter()
-    if model.cfg.arch == "regressor":
+    if y.ndim != 3 or y.shape[-1] != 2:
+        raise ValueError(f"predict: expected 2D poses [F, J, 2], got shape {tuple(y.shape)}")
+    F = y.shape[0]
+    batch = batch_frames or default_batch_frames(device, n_hyp)
+    regressor = model.cfg.arch == "regressor"
+    scale = diffusion.cfg.pose_scale
+    if regressor:
         from .skeleton import flip_pose
 
-        out = model(y, backend=backend)
-        if flip:
-            out = 0.5 * (out + flip_pose(model(flip_pose(y, model.skeleton), backend=backend), model.skeleton))
-        mean = (out * diffusion.cfg.pose_scale).cpu().numpy()
-        return Prediction(mean, None, time.perf_counter() - t0)
-    lifter = Lifter(model, diffusion, n_hyp=n_hyp, steps=steps, sampler=sampler, flip=flip, aggregate=aggregate,
-                    batch_frames=batch_frames, device=device, backend=backend, seed=seed, dtype=dtype,
-                    progress=progress)
-    res = lifter(y)
+        def lift(yc):
+            out = model(yc, backend=backend)
+            if flip:
+                out = 0.5 * (out + flip_pose(model(flip_pose(yc, model.skeleton), backend=backend), model.skeleton))
+            return out * scale, None
+    else:
+        lifter = Lifter(model, diffusion, n_hyp=n_hyp, steps=steps, sampler=sampler, flip=flip, aggregate=aggregate,
+                        batch_frames=batch, device=device, backend=backend, seed=seed, dtype=dtype)
+
+        def lift(yc):
+            r = lifter(yc)
+            return r.mean, r.hypotheses
+
+    means, hyps = [], []
+    bar = tqdm(total=F, unit="frame", leave=False, disable=True if not progress else None,
+               desc=desc or (f"lifting x{n_hyp}" if not regressor else "regressing"))
+    t0 = time.perf_counter()
+    for s in range(0, F, batch):
+        yc = y[s:s + batch]
+        n = yc.shape[0]
+        if not regressor and lifter.use_graph and n < batch < F:
+            # the ragged last batch is padded to the full one, so a single captured graph serves every batch
+            yc = torch.cat([yc, yc[-1:].expand(batch - n, -1, -1)])
+        mean, hyp = lift(yc)
+        means.append(mean[:n].float().cpu())
+        if hyp is not None and keep_hypotheses:
+            hyps.append(hyp[:n].float().cpu())
+        bar.update(n)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    return Prediction(res.mean.cpu().numpy(), res.hypotheses.cpu().numpy(), seconds)
+    bar.close()
+    mean = torch.cat(means).numpy() if means else np.zeros((0, y.shape[1], 3), np.float32)
+    hyp = torch.cat(hyps).numpy() if hyps else None
+    return Prediction(mean, hyp, seconds)
 
 
 def evaluate_model(model: nn.Module, diffusion: Diffusion, test, *, hypotheses: Sequence[int] = (1, 10),
-                   steps: int = 5, sampler: str = "ddim", flip: bool = True, seed: int = 0, backend=None,
-                   batch_frames: int = 4096, progress: bool = False, oracle: bool = True) -> dict[int, Evaluation]:
-    """N -> Evaluation on the PoseSet `test` (per-action MPJPE / P-MPJPE; oracle rows where N > 1)."""
+                   steps: int = 5, sampler: str = "ddim", flip: bool = True, aggregate: str = "mean", seed: int = 0,
+                   backend=None, batch_frames: Optional[int] = None, dtype=torch.float32, device=None,
+                   progress: bool = False, oracle: bool = True,
+                   keep_predictions: bool = False) -> dict[int, Evaluation]:
+    """N -> Evaluation on the PoseSet `test` (per-action MPJPE / P-MPJPE; oracle best-of-N errors
+    where N > 1 and `oracle`). Each N is lifted from the 2D alone, then scored against the 3D.
+    ev.extra holds "seconds" and "fps" (test frames / lifting wall time) and, with
+    keep_predictions, the Prediction itself."""
     out = {}
-    ns = (1,) if model.cfg.arch == "regressor" else tuple(hypotheses)
+    ns = (1,) if model.cfg.arch == "regressor" else tuple(dict.fromkeys(hypotheses))
     for n in ns:
-        pred = predict(model, diffusion, test.pose2d, n_hyp=n, steps=steps, sampler=sampler, flip=flip, seed=seed,
-                       backend=backend, batch_frames=batch_frames, progress=progress)
+        want_hyp = keep_predictions or (oracle and n > 1)
+        pred = predict(model, diffusion, test, n_hyp=n, steps=steps, sampler=sampler, flip=flip,
+                       aggregate=aggregate, seed=seed, backend=backend, batch_frames=batch_frames, dtype=dtype,
+                       device=device, progress=progress, keep_hypotheses=want_hyp)
+        if not np.isfinite(pred.mean).all():
+            raise FloatingPointError(f"the model produced NaN or infinite poses (N={n})")
+        # scoring: the first and only place the ground truth is read
         ev = evaluate_poseset(pred.mean, test, pred.hypotheses if (oracle and n > 1) else None)
         ev.extra["seconds"] = pred.seconds
         ev.extra["fps"] = len(test) / max(pred.seconds, 1e-9)
+        if keep_predictions:
+            ev.extra["prediction"] = pred
         out[n] = ev
     return out
 
 
-def tables(evals: dict[int, Evaluation], method: str = "DiffuPose", title: str = "") -> str:
-    """Protocol #1 (MPJPE) and #2 (P-MPJPE) tables in Table I's layout, a row per N (and oracle)."""
-    first = next(iter(evals.values()))
+# ---------------------------------------------------------------------------------------------
+# baselines and subsets
+# ---------------------------------------------------------------------------------------------
+def mean_pose(train) -> np.ndarray:
+    """The training set's mean root-relative pose [J, 3] (metres): the constant prediction a model
+    must beat to have learnt anything from the 2D input."""
+    return np.asarray(train.pose3d, dtype=np.float64).mean(axis=0)
+
+
+def evaluate_mean_pose(train, test) -> Evaluation:
+    """The mean-pose baseline on `test`: every frame predicted as mean_pose(train), same metrics."""
+    pred = np.broadcast_to(mean_pose(train), test.pose3d.shape)
+    return evaluate_poseset(pred, test)
+
+
+def subsample(ps, max_frames: Optional[int]):
+    """(the PoseSet cut to at most max_frames rows spread evenly over it, so that every clip,
+    camera and action keeps its share; the row indices kept). None or 0: all rows."""
+    n = len(ps)
+    if not max_frames or max_frames >= n:
+        return ps, np.arange(n)
+    idx = np.unique(np.linspace(0, n - 1, max_frames).round().astype(np.int64))
+    return ps.subset(idx), idx
+
+
+# ---------------------------------------------------------------------------------------------
+# reports
+# ---------------------------------------------------------------------------------------------
+def tables(evals: Mapping[int, Evaluation], method: str = "DiffuPose", title: str = "",
+           baselines: Optional[Mapping[str, Evaluation]] = None, oracle_row: Optional[str] = None) -> str:
+    """Protocol #1 (MPJPE) and #2 (P-MPJPE) tables in Table I's layout: a row per baseline, a row
+    per N, and the oracle best-of-N rows (where computed) last. oracle_row names them ("{n}" is
+    replaced by N; `diffupose eval` passes ORACLE_ROW); by default "<method> N=n oracle (best of n)",
+    the name the training logs use."""
+    baselines = dict(baselines or {})
+    first = next(iter(evals.values())) if evals else next(iter(baselines.values()))
     parts = []
     for protocol, name in (("mpjpe", "Protocol #1: MPJPE (mm)"), ("p_mpjpe", "Protocol #2: P-MPJPE (mm)")):
-        rows = {}
+        rows = {b: getattr(ev, protocol) for b, ev in baselines.items()}
+        rows.update({f"{method} N={n}": getattr(ev, protocol) for n, ev in evals.items()})
         for n, ev in evals.items():
-            rows.update(ev.rows(f"{method} N={n}", protocol))
+            oracle = getattr(ev, "oracle_" + protocol)
+            if oracle is not None:
+                h = ev.num_hypotheses or n
+                rows[oracle_row.format(n=h) if oracle_row else f"{method} N={n} oracle (best of {h})"] = oracle
         parts.append(format_table(rows, first.actions, title=f"{title}{name}"))
     return "\n\n".join(parts)
 
 
-def summary(evals: dict[int, Evaluation]) -> dict:
-    """Flat numbers for logs and JSON: P1/P2 averages per N (and oracle ones, so named)."""
+def summary(evals: Mapping[int, Evaluation]) -> dict:
+    """Flat numbers for logs and JSON: P1/P2 averages per N (and the oracle's, so named)."""
     out = {}
     for n, ev in evals.items():
         out[f"p1_n{n}"] = ev.mpjpe["Avg"]
         out[f"p2_n{n}"] = ev.p_mpjpe["Avg"]
         if ev.oracle_mpjpe is not None:
             out[f"oracle_p1_n{n}"] = ev.oracle_mpjpe["Avg"]
+            out[f"oracle_p2_n{n}"] = ev.oracle_p_mpjpe["Avg"]
+    return out
+
+
+def per_action(evals: Mapping[int, Evaluation], baselines: Optional[Mapping[str, Evaluation]] = None) -> dict:
+    """The tables as JSON: {"N=1": {"mpjpe": {action: mm, ..., "Avg": mm}, "p_mpjpe": ..., "seconds",
+    "fps"}, ..., baseline name: {...}, "oracle best-of-N (...)": {...} where computed}."""
+    out = {}
+    for name, ev in (baselines or {}).items():
+        out[name] = {"mpjpe": ev.mpjpe, "p_mpjpe": ev.p_mpjpe}
+    for n, ev in evals.items():
+        out[f"N={n}"] = {"mpjpe": ev.mpjpe, "p_mpjpe": ev.p_mpjpe,
+                         **{k: ev.extra[k] for k in ("seconds", "fps") if k in ev.extra}}
+    for n, ev in evals.items():
+        if ev.oracle_mpjpe is not None:
+            out[ORACLE_ROW.format(n=ev.num_hypotheses or n)] = {"mpjpe": ev.oracle_mpjpe,
+                                                                 "p_mpjpe": ev.oracle_p_mpjpe}
     return out
 
 

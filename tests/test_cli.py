@@ -1,5 +1,6 @@
-"""The `diffupose` command: lift and viz end to end on a tiny checkpoint, every bad input ending in
-one clear line and a non-zero status, help text, the commands other modules provide."""
+"""The `diffupose` command: lift, viz, eval and demo end to end on a tiny checkpoint (eval and demo
+on a small subsample of the embedded CMU set), every bad input ending in one clear line and a
+non-zero status, help text, import-mocap's wiring."""
 import argparse
 import json
 import os
@@ -22,6 +23,16 @@ from tests.test_keypoints import bodies, coco_results, project
 
 W, H = 1000, 800
 FAST = ["-n", "3", "--steps", "2", "--backend", "reference", "-q"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
+    barriers make each small op wait for a core: one thread keeps these tests fast anywhere."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _save_tiny(path, **model_kw):
@@ -381,7 +392,7 @@ def test_viz_errors(tmp_path, lifted, monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# help, commands provided elsewhere, the module entry point
+# help, the module entry point, import-mocap
 # ---------------------------------------------------------------------------------------------
 def _subparsers(parser):
     for action in parser._actions:
@@ -399,25 +410,6 @@ def test_every_option_has_help_and_every_command_an_example(capsys):
             assert action.help and action.help.strip(), f"{name}: {action.option_strings or action.dest} has no help"
         rc, out, _ = run([name, "--help"], capsys)
         assert rc == 0 and "examples:" in out and f"diffupose {name}" in out.split("examples:")[1]
-
-
-def test_provided_commands(monkeypatch, capsys):
-    for argv in (["eval"], ["import-mocap", "x.bvh", "-o", "out", "--name", "x"], ["demo"]):
-        mod = {"eval": "diffupose.evaluate", "demo": "diffupose.evaluate"}.get(argv[0], "diffupose.data.build_cmu")
-        try:
-            __import__(mod)
-            continue  # provided by now: wired, not ours to run here
-        except ModuleNotFoundError:
-            pass
-        rc, _, err = run(argv, capsys)
-        assert rc == 2 and "not available yet" in err
-    seen = {}
-    fake = types.ModuleType("diffupose_fake_eval")
-    fake.main_eval = lambda args: seen.setdefault("args", args) and 0
-    monkeypatch.setitem(sys.modules, "diffupose_fake_eval", fake)
-    run_eval = cli._provided("diffupose_fake_eval", "main_eval", "eval")
-    assert run_eval(argparse.Namespace(dataset="cmu")) == 0 and seen["args"].dataset == "cmu"
-    assert cli._provided("diffupose_fake_eval", "nope", "eval")(argparse.Namespace()) == 2
 
 
 def test_python_dash_m(tmp_path):
@@ -440,9 +432,9 @@ def test_import_mocap_is_wired_to_the_importer(tmp_path, monkeypatch, capsys):
             raise ValueError("walk.bvh:12: expected CHANNELS")
         return {"paths": {"3d": str(tmp_path / f"data_3d_{name}.npz")}}
 
-    fake = types.ModuleType("diffupose.data.build_cmu")
-    fake.import_mocap = import_mocap
-    monkeypatch.setitem(sys.modules, "diffupose.data.build_cmu", fake)
+    from diffupose.data import build_cmu
+
+    monkeypatch.setattr(build_cmu, "import_mocap", import_mocap)
     rc, out, err = run(["import-mocap", "walk.bvh", "run.bvh", "-o", tmp_path, "--name", "mine", "--fps", "25",
                         "--no-detections"], capsys)
     assert rc == 0 and "data_3d_mine.npz" in out, err
@@ -451,3 +443,102 @@ def test_import_mocap_is_wired_to_the_importer(tmp_path, monkeypatch, capsys):
     assert kw["fps"] == 25 and kw["detections"] is False and kw["amc_fps"] == 120 and kw["seed"] == 0
     rc, _, err = run(["import-mocap", "walk.bvh", "-o", tmp_path, "--name", "bad"], capsys)
     _assert_one_line_error(rc, err, "walk.bvh:12: expected CHANNELS")
+
+
+# ---------------------------------------------------------------------------------------------
+# eval and demo (on a few frames of the embedded CMU set)
+# ---------------------------------------------------------------------------------------------
+SMALL = ["--max-frames", "24", "--steps", "2", "--backend", "reference", "-q"]
+
+
+def test_eval_table_and_json(tmp_path, ckpt, capsys):
+    out = tmp_path / "eval.json"
+    rc, stdout, err = run(["eval", "--checkpoint", ckpt, *SMALL, "-n", "1", "3", "--json", out], capsys)
+    assert rc == 0, err
+    assert "on cmu: 24 of 11,624 test frames" in stdout and "2D input 'gt'" in stdout
+    for head in ("cmu test. Protocol #1: MPJPE (mm)", "cmu test. Protocol #2: P-MPJPE (mm)"):
+        assert head in stdout
+    table = stdout.split("Protocol #1")[1].split("Protocol #2")[0]
+    assert "DiffuPose N=1" in table and "DiffuPose N=3" in table and "Avg" in table and "walk" in table
+    assert "oracle" not in stdout  # only on request
+    assert "N=3: lifted 24 frames in" in stdout and f"results -> {out}" in stdout
+    doc = json.loads(out.read_text())
+    assert {"format", "summary", "per_action", "frames_per_action", "dataset", "settings", "checkpoint"} <= set(doc)
+    assert doc["format"] == "diffupose-eval" and "oracle_note" not in doc
+    assert set(doc["summary"]) == {"p1_n1", "p2_n1", "p1_n3", "p2_n3"}
+    assert doc["per_action"]["N=3"]["mpjpe"]["Avg"] == pytest.approx(doc["summary"]["p1_n3"])
+    assert doc["dataset"] == {**doc["dataset"], "name": "cmu", "keypoints": "gt", "frames": 24, "split": "test"}
+    assert doc["settings"] == {**doc["settings"], "hypotheses": [1, 3], "steps": 2, "flip": True,
+                               "aggregate": "mean", "backend": "reference", "oracle": False}
+    assert sum(doc["frames_per_action"].values()) == 24 and len(doc["checkpoint"]["weights_sha256"]) == 64
+
+
+def test_eval_oracle_only_under_its_name(tmp_path, ckpt, capsys):
+    rc, stdout, err = run(["eval", "--checkpoint", ckpt, *SMALL, "-n", "3", "--oracle", "--aggregate", "median",
+                           "--no-flip", "--json", tmp_path / "e.json"], capsys)
+    assert rc == 0, err
+    oracle = [ln for ln in stdout.splitlines() if "oracle" in ln.lower() and not ln.startswith("results ->")]
+    assert len(oracle) == 2 and all(ln.startswith("oracle best-of-3 (uses ground truth; not a prediction)")
+                                    for ln in oracle)
+    assert "median of N, flip off" in stdout
+    doc = json.loads((tmp_path / "e.json").read_text())
+    assert set(doc["summary"]) == {"p1_n3", "p2_n3", "oracle_p1_n3", "oracle_p2_n3"} and "oracle_note" in doc
+    assert "oracle best-of-3 (uses ground truth; not a prediction)" in doc["per_action"]
+
+
+def test_eval_errors(tmp_path, ckpt, bad_checkpoints, capsys):
+    base = ["eval", "--checkpoint", ckpt, *SMALL]
+    _assert_one_line_error(*run([*base, "--data-dir", tmp_path / "nope"], capsys)[::2], "data directory not found")
+    _assert_one_line_error(*run([*base, "--data-dir", tmp_path], capsys)[::2], "split file not found")
+    _assert_one_line_error(*run([*base, "--keypoints", "cpn"], capsys)[::2], "data_2d_cmu_cpn.npz")
+    _assert_one_line_error(*run([*base, "--dataset", "h36m"], capsys)[::2], "--dataset h36m needs --data-dir")
+    _assert_one_line_error(*run([*base, "--dataset", "h36m", "--data-dir", tmp_path], capsys)[::2],
+                           "Human3.6M 3D pose file not found")
+    _assert_one_line_error(*run([*base, "--json", tmp_path / "no" / "e.json"], capsys)[::2], "does not exist")
+    he, _ = bad_checkpoints["other skeleton"]
+    _assert_one_line_error(*run(["eval", "--checkpoint", he, *SMALL], capsys)[::2],
+                           "model is for the humaneva15 skeleton but cmu has h36m17 poses")
+    assert os.listdir(tmp_path) == []
+    # the regressor of the ablations is scored (one prediction per frame), not refused
+    reg, _ = bad_checkpoints["regressor"]
+    rc, stdout, err = run(["eval", "--checkpoint", reg, *SMALL], capsys)
+    assert rc == 0 and "regressor N=1" in stdout and "N=10" not in stdout, err
+
+
+def test_demo_figure_and_numbers(tmp_path, ckpt, capsys, monkeypatch):
+    from PIL import Image
+
+    fig = tmp_path / "demo.png"
+    monkeypatch.setattr(cli, "DEMO_CPU_FRAMES", 24)  # the CPU default subsample, made small
+    argv = ["demo", "--checkpoint", ckpt, "--out", fig, "-n", "3", "--steps", "2", "--backend", "reference", "-q",
+            "--json", tmp_path / "demo.json"]
+    rc, stdout, err = run(argv, capsys)
+    assert rc == 0, err
+    assert "24 of 11,624 test frames" in stdout and "the CPU default, --max-frames 0 for all" in stdout
+    lines = stdout.splitlines()
+    head = {ln.split()[0] + " " + ln.split()[1]: ln for ln in lines if ln.startswith(("mean pose", "DiffuPose N="))}
+    assert {"mean pose", "DiffuPose N=1", "DiffuPose N=3"} <= set(head)
+    assert "MPJPE against the mean-pose baseline: N=1" in stdout
+    assert "per action. Protocol #1: MPJPE (mm)" in stdout and "oracle" not in stdout
+    assert "wall time" in stdout and "frames/s" in stdout and f"figure -> {fig}" in stdout
+    with Image.open(fig) as im:
+        assert im.format == "PNG" and im.size[0] >= 1000 and im.size[1] >= 900
+        px = np.asarray(im.convert("RGB"))
+    assert (px < 250).mean() > 0.02 and (np.abs(px[..., 0].astype(int) - px[..., 2]) > 100).any()
+    doc = json.loads((tmp_path / "demo.json").read_text())
+    assert doc["format"] == "diffupose-demo" and set(doc["summary"]) == {"p1_n1", "p2_n1", "p1_n3", "p2_n3"}
+    assert set(doc["per_action"]) == {"mean pose (training set)", "N=1", "N=3"}
+    assert doc["figure"] == str(fig.resolve())
+    assert sorted(os.listdir(tmp_path)) == ["demo.json", "demo.png"]  # no temporaries left
+
+
+def test_demo_without_checkpoint_names_the_file_and_the_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "DEFAULT_CHECKPOINT", tmp_path / "assets" / "checkpoints" / "cmu_gcn")
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(["demo"], capsys)
+    _assert_one_line_error(rc, err, "shipped checkpoint is missing")
+    assert str(tmp_path / "assets" / "checkpoints" / "cmu_gcn.safetensors") in err
+    assert "python train/h36m.py --dataset cmu" in err and "--checkpoint" in err
+    assert os.listdir(tmp_path) == []  # no figure
+    _assert_one_line_error(*run(["demo", "--checkpoint", tmp_path / "nope"], capsys)[::2], "checkpoint not found")
+    _assert_one_line_error(*run(["demo", "--out", "demo.txt"], capsys)[::2], "unknown format '.txt'")
