@@ -74,3 +74,16 @@ def test_bad_data_rejected():
     ps.pose2d[3, 2, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         TrainData.from_poseset(ps, 0.25, torch.device("cpu"))
+
+
+def test_ema_warmup_follows_the_raw_weights_early():
+    from diffupose.training import ema_warmup_fn
+
+    decay = 0.999
+    fn = ema_warmup_fn(decay)
+    ema, p = [torch.zeros(3)], [torch.ones(3)]
+    fn(ema, p, torch.tensor(1))  # after the first copy: d = 2/11
+    assert torch.allclose(ema[0], torch.full((3,), 1 - 2 / 11))
+    ema = [torch.zeros(3)]
+    fn(ema, p, torch.tensor(100000))  # late: the plain decay
+    assert torch.allclose(ema[0], torch.full((3,), 1 - decay))
