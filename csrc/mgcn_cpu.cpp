@@ -363,6 +363,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     dbias = pdb.sum(0).to(w.scalar_type());
     if (d.ss_rows == 1) dss = pdss.sum(0, /*keepdim=*/true).to(ss.scalar_type());
     else if (d.ss_rows > 1) dss = dssb.to(ss.scalar_type());
+    else if (ss.defined()) dss = at::zeros_like(ss);  // an empty batch's empty scale_shift
     else dss = at::empty({0}, x.options());
   });
   return {dx, dw, dm, da, dbias, dss};

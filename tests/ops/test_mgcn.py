@@ -168,3 +168,15 @@ def test_triton_gpu_tiling_under_interpreter(monkeypatch, J, cin, cout, B):
     monkeypatch.setattr(K, "_big_tiles", lambda: False)
     monkeypatch.setattr(K, "_sm_count", lambda device: 132)
     check_backend("triton", B, J, cin, cout, "silu", "B", cin == cout, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    """No samples: empty outputs and zero parameter gradients, no launch on an empty grid."""
+    skip_unless_backend(backend)
+    dev = kernel_device(backend)
+    inp, grad = make_inputs(0, 17, 8, 6, "B", True, seed=5)
+    out, grads = run(inp, grad, "silu", torch.float32, dev, backend)
+    assert out.shape == (0, 17, 6)
+    for k in ("w", "m", "a", "bias"):
+        assert torch.equal(grads[k], torch.zeros_like(grads[k])), k
