@@ -78,7 +78,7 @@ def _extensions():
         )
         return [], {}
 
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     have_nvcc = cuda_home is not None and os.path.exists(os.path.join(cuda_home, "bin", "nvcc"))
     if _flag("DIFFUPOSE_SKIP_CUDA"):
@@ -93,7 +93,10 @@ def _extensions():
         with_cuda = torch.version.cuda is not None and have_nvcc
     print("diffupose: building diffupose._C (CPU%s), CUDA_HOME=%s" % (" + CUDA" if with_cuda else " only", cuda_home))
 
-    cxx = ["-O3", "-fopenmp"]  # the C++ standard is chosen by torch (C++20 for torch >= 2.14)
+    # The C++ standard is chosen by torch (C++20 for torch >= 2.14). -fno-trapping-math lets gcc
+    # if-convert float compares, without which the CPU kernels' clamp/select loops (silu's exp)
+    # stay scalar; nothing here relies on floating-point exception flags.
+    cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]
     extra = {"cxx": cxx}
     include_dirs = [os.path.join(ROOT, "csrc")]
     if with_cuda:

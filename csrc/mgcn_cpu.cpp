@@ -2,98 +2,100 @@
 // Contract: csrc/ops.cpp; reference: diffupose/ops/mgcn.py::mgcn_ref; epilogue math shared
 // with CUDA: common/mgcn_math.h. For x [B, J, Cin] viewed as R = B*J rows:
 //
-//   H   = x @ [w0 | w1]                                            [R, 2*Cout]  (one GEMM)
-//   pre = diag(a) * (m * H0) + offdiag(a) @ (m * H1) + bias        per sample   [J, Cout]
+//   H0 = x @ w0, H1 = x @ w1                                        [R, Cout] each (GEMMs)
+//   pre = diag(a) * (m * H0) + offdiag(a) @ (m * H1) + bias         per sample  [J, Cout]
 //   out = act(pre * (1 + scale) + shift) + residual
 //
-// Tiling. Threads own tiles of whole samples. A tile computes its slice of H with one GEMM
-// (at::mm_out into a thread-local buffer: inside at::parallel_for the BLAS call runs on the
-// calling thread, so the tiles are the parallelism) and consumes it at once while it is in
-// cache: the J x J aggregation, bias and epilogue, one write of out. H never reaches memory.
+// Chunking. The batch goes in chunks of about kChunkRows rows: the chunk's H0, H1 come from two
+// multi-threaded BLAS GEMMs (the weights are used as they are: no concatenated copy per call),
+// and are consumed at once, while they are in cache, by at::parallel_for over the chunk's
+// samples: the J x J aggregation, bias and epilogue, one write of out (and of pre when training).
+// (Running one single-threaded GEMM per thread-tile instead was measured 1.5x slower at B = 20.)
 //
-// Backward, per tile: recompute H (only pre is saved), then dpre from the epilogue, the
-// modulated gradients dH = [m * a_jj dpre, m * offdiag(a)^T dpre] (written: the two GEMMs
-// below need all of it) and the tile's partial sums of dm, da, dbias, dscale_shift in a
-// per-tile slot (summed afterwards in a fixed order: results do not depend on the thread
-// count). Then dx = dH @ [w0 | w1]^T and [dw0 | dw1] = x^T @ dH, two GEMMs over all rows.
+// Backward, per chunk: recompute H0, H1 (only pre is saved), then per tile of kTileSamples
+// samples: dpre through the epilogue, dH0 = m * a_jj dpre, dH1 = m * offdiag(a)^T dpre (written:
+// the GEMMs below need all of them) and the tile's partial sums of dm, da, dbias, dscale_shift
+// in its own slot. Tiles are fixed sample ranges and the slots are summed in order afterwards,
+// so the result does not depend on the thread count. Then dx = dH0 @ w0^T + dH1 @ w1^T and
+// dw_t = x^T @ dH_t.
 //
-// Precision: everything accumulates in opmath (fp32 for fp16/bf16/fp32, fp64 for fp64);
-// half inputs are widened once, so the only roundings are the final stores.
+// Precision: everything accumulates in opmath (fp32 for fp16/bf16/fp32, fp64 for fp64); half
+// inputs are widened once, so the only roundings are the final stores.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <string>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "common/mgcn_math.h"
+#include "cpu/mgcn_rows.h"
 #include "mgcn_check.h"
+#define DP_ROWS_NS base
+#include "cpu/mgcn_rows_impl.h"
 
 namespace diffupose {
+
+// ---------------------------------------------------------------------------------------------
+// instruction-set dispatch of the epilogue rows (cpu/mgcn_rows.h)
+// ---------------------------------------------------------------------------------------------
+static MgcnRows mgcn_rows_base() {
+  return {base::row_fwd_f32, base::row_fwd_f64, base::row_bwd_f32, base::row_bwd_f64, "base"};
+}
+
+static MgcnRows best_rows() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
+    return mgcn_rows_avx512();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return mgcn_rows_avx2();
+#endif
+  return mgcn_rows_base();
+}
+
+static MgcnRows& rows_slot() {
+  static MgcnRows r = best_rows();
+  return r;
+}
+
+const MgcnRows& mgcn_rows() { return rows_slot(); }
+
+// Testing hook (diffupose._C.set_cpu_isa): run the kernels with a narrower instruction set than
+// the CPU has, so each compiled version is tested on a machine that can run it. Returns false
+// (and changes nothing) for a set the CPU lacks or an unknown name.
+bool set_mgcn_cpu_isa(const std::string& name) {
+  const MgcnRows best = best_rows();
+  MgcnRows want;
+  if (name == "base") want = mgcn_rows_base();
+#if defined(__x86_64__)
+  else if (name == "avx2") want = mgcn_rows_avx2();
+  else if (name == "avx512") want = mgcn_rows_avx512();
+#endif
+  else return false;
+  const auto rank = [](const char* isa) {
+    const std::string s(isa);
+    return s == "avx512" ? 2 : (s == "avx2" ? 1 : 0);
+  };
+  if (rank(want.isa) > rank(best.isa)) return false;
+  rows_slot() = want;
+  return true;
+}
+
+std::string mgcn_cpu_isa() { return mgcn_rows().isa; }
+
 namespace {
 
-// Rows per tile: big enough for an efficient GEMM, small enough that the tile's H
-// [rows, 2*Cout] stays in L2, and at least one tile per thread when the batch allows it.
-int64_t samples_per_tile(int64_t B, int64_t J) {
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t cap = std::max<int64_t>(1, 256 / std::max<int64_t>(J, 1));
-  return std::max<int64_t>(1, std::min(cap, (B + threads - 1) / threads));
-}
+constexpr int64_t kChunkRows = 1024;  // rows of x per GEMM: H0 + H1 of a chunk ~ 2 MB at Cout 256
+constexpr int64_t kTileSamples = 4;   // samples per partial-sum slot in the backward
 
-// exp for the row loops: a Cephes-style polynomial (max error ~2 ulp in float, like libm's) that
-// gcc vectorizes at -O3 with the baseline instruction set (no libm call in the loop); the
-// scalar expf of StdExp made silu the most expensive part of the epilogue. fp64 keeps std::exp.
-struct RowExp {
-  float operator()(float v) const {
-    v = std::min(std::max(v, -87.0f), 88.0f);
-    const float t = v * 1.44269504088896341f + (v >= 0.0f ? 0.5f : -0.5f);
-    const int32_t n = static_cast<int32_t>(t);  // round to nearest (truncation of +-0.5)
-    const float nf = static_cast<float>(n);
-    const float r = (v - nf * 0.693359375f) + nf * 2.12194440e-4f;  // v - n ln2, in two parts
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    const float y = p * r * r + r + 1.0f;
-    int32_t bits = (n + 127) << 23;  // 2^n
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    return y * scale;
-  }
-  double operator()(double v) const { return std::exp(v); }
-};
-
-// The epilogue over a row of C channels, in place: u = pre * scale1 + shift (scale1 = 1 + scale),
-// then act. One loop per activation so that each is a straight, vectorizable loop.
-template <typename T>
-void epilogue_row_fwd(T* u, const T* pre, const T* scale1, const T* shift, int64_t C, int act) {
-  if (scale1)
-    for (int64_t c = 0; c < C; ++c) u[c] = pre[c] * scale1[c] + shift[c];
-  else
-    for (int64_t c = 0; c < C; ++c) u[c] = pre[c];
-  if (act == kActRelu)
-    for (int64_t c = 0; c < C; ++c) u[c] = act_fwd<T>(u[c], kActRelu);
-  else if (act == kActSilu)
-    for (int64_t c = 0; c < C; ++c) u[c] = act_fwd<T>(u[c], kActSilu, RowExp{});
-}
-
-// dz = g * act'(u) over a row, in place in g (u as in epilogue_row_fwd, in `u`).
-template <typename T>
-void epilogue_row_bwd(T* g, T* u, const T* pre, const T* scale1, const T* shift, int64_t C, int act) {
-  if (act == kActNone) return;
-  if (scale1)
-    for (int64_t c = 0; c < C; ++c) u[c] = pre[c] * scale1[c] + shift[c];
-  else
-    for (int64_t c = 0; c < C; ++c) u[c] = pre[c];
-  if (act == kActRelu)
-    for (int64_t c = 0; c < C; ++c) g[c] *= act_bwd<T>(u[c], kActRelu);
-  else
-    for (int64_t c = 0; c < C; ++c) g[c] *= act_bwd<T>(u[c], kActSilu, RowExp{});
+int64_t samples_per_chunk(int64_t J) {
+  const int64_t s = std::max<int64_t>(1, kChunkRows / std::max<int64_t>(J, 1));
+  return std::max(kTileSamples, s / kTileSamples * kTileSamples);  // whole tiles (backward)
 }
 
 // A sample's scale-shift widened: scale1 = 1 + scale, shift.
@@ -105,30 +107,30 @@ void load_scale_shift(T* scale1, T* shift, const xt* ss, int64_t C) {
   }
 }
 
-// Parameters widened to opmath and laid out for the inner loops.
+// Parameters widened to opmath (a no-op for fp32 parameters: no copy per call).
 template <typename T>
 struct Params {
-  at::Tensor wcat;              // [Cin, 2*Cout]
-  const T* m;                   // [J, Cout]
-  const T* a;                   // [J, J]
-  const T* bias;                // [Cout] (forward only)
-  std::vector<at::Tensor> keep;  // owners of the pointers above
+  at::Tensor w0, w1;  // [Cin, Cout]
+  at::Tensor m, a, bias;
+  const T* mp;     // [J, Cout]
+  const T* ap;     // [J, J]
+  const T* biasp;  // [Cout] (forward only)
 };
 
 template <typename T>
 Params<T> widen(const at::Tensor& w, const at::Tensor& m, const at::Tensor& a, const at::Tensor* bias,
                 at::ScalarType op) {
   Params<T> p;
-  p.wcat = at::cat({w[0], w[1]}, 1).to(op).contiguous();
-  at::Tensor mf = m.to(op).contiguous(), af = a.to(op).contiguous();
-  p.m = mf.data_ptr<T>();
-  p.a = af.data_ptr<T>();
-  p.keep = {mf, af};
-  p.bias = nullptr;
+  p.w0 = w[0].to(op).contiguous();
+  p.w1 = w[1].to(op).contiguous();
+  p.m = m.to(op).contiguous();
+  p.a = a.to(op).contiguous();
+  p.mp = p.m.template data_ptr<T>();
+  p.ap = p.a.template data_ptr<T>();
+  p.biasp = nullptr;
   if (bias != nullptr) {
-    at::Tensor bf = bias->to(op).contiguous();
-    p.bias = bf.data_ptr<T>();
-    p.keep.push_back(bf);
+    p.bias = bias->to(op).contiguous();
+    p.biasp = p.bias.template data_ptr<T>();
   }
   return p;
 }
@@ -136,50 +138,66 @@ Params<T> widen(const at::Tensor& w, const at::Tensor& m, const at::Tensor& a, c
 // ---------------------------------------------------------------------------------------------
 // forward
 // ---------------------------------------------------------------------------------------------
+// Scratch of one thread.
+template <typename T>
+struct FwdScratch {
+  std::vector<T> g1, row, u, sc1, sh;  // g1 [J, Cout] = m * H1 of a sample; the rest [Cout]
+  FwdScratch(int64_t J, int64_t C) : g1(J * C), row(C), u(C), sc1(C), sh(C) {}
+};
+
+// One sample: h0, h1 [J, Cout] its rows of H0, H1; out, pre (nullable), res (nullable) [J, Cout].
+template <typename T, typename xt>
+void fwd_sample(const Params<T>& p, const T* h0, const T* h1, bool has_ss, const xt* res, xt* out, xt* pre,
+                int64_t J, int64_t Cout, int act, FwdScratch<T>& w) {
+  for (int64_t k = 0; k < J; ++k)
+    for (int64_t c = 0; c < Cout; ++c) w.g1[k * Cout + c] = p.mp[k * Cout + c] * h1[k * Cout + c];
+  for (int64_t j = 0; j < J; ++j) {
+    T* row = w.row.data();
+    const T ajj = p.ap[j * J + j];
+    for (int64_t c = 0; c < Cout; ++c) row[c] = p.biasp[c] + ajj * p.mp[j * Cout + c] * h0[j * Cout + c];
+    for (int64_t k = 0; k < J; ++k) {
+      if (k == j) continue;  // the own joint goes through w0, not w1
+      const T ajk = p.ap[j * J + k];
+      const T* gk = w.g1.data() + k * Cout;
+      for (int64_t c = 0; c < Cout; ++c) row[c] += ajk * gk[c];
+    }
+    const int64_t o = j * Cout;
+    if (pre)
+      for (int64_t c = 0; c < Cout; ++c) pre[o + c] = static_cast<xt>(row[c]);
+    RowsOf<T>::fwd(w.u.data(), row, has_ss ? w.sc1.data() : nullptr, w.sh.data(), Cout, act);
+    if (res)
+      for (int64_t c = 0; c < Cout; ++c) out[o + c] = static_cast<xt>(w.u[c] + static_cast<T>(res[o + c]));
+    else
+      for (int64_t c = 0; c < Cout; ++c) out[o + c] = static_cast<xt>(w.u[c]);
+  }
+}
+
 template <typename xt>
 void mgcn_fwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& p, const xt* ss, int64_t ss_rows,
                        const xt* res, xt* out, xt* pre, int64_t B, int64_t J, int64_t Cout, int act) {
   using T = at::opmath_type<xt>;
-  const int64_t spt = samples_per_tile(B, J);
-  const int64_t tiles = (B + spt - 1) / spt;
-  const int64_t C2 = 2 * Cout;
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    at::Tensor H = at::empty({spt * J, C2}, p.wcat.options());  // this thread's tile of x @ [w0 | w1]
-    std::vector<T> g1(J * Cout);                               // m * H1 of one sample
-    std::vector<T> row(Cout), u(Cout), sc1(Cout), sh(Cout);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b0 = t * spt, nb = std::min(spt, B - b0);
-      at::Tensor Ht = H.narrow(0, 0, nb * J);
-      at::mm_out(Ht, xw.narrow(0, b0 * J, nb * J), p.wcat);
-      const T* h = Ht.data_ptr<T>();
-      for (int64_t s = 0; s < nb; ++s) {
+  const int64_t spc = std::min(B, samples_per_chunk(J));
+  const int64_t JC = J * Cout;
+  at::Tensor H0 = at::empty({spc * J, Cout}, p.w0.options()), H1 = at::empty_like(H0);
+  for (int64_t b0 = 0; b0 < B; b0 += spc) {
+    const int64_t nb = std::min(spc, B - b0);
+    const at::Tensor xc = xw.narrow(0, b0 * J, nb * J);
+    at::Tensor h0 = H0.narrow(0, 0, nb * J), h1 = H1.narrow(0, 0, nb * J);
+    at::mm_out(h0, xc, p.w0);
+    at::mm_out(h1, xc, p.w1);
+    const T* h0p = h0.data_ptr<T>();
+    const T* h1p = h1.data_ptr<T>();
+    at::parallel_for(0, nb, 1, [&](int64_t s0, int64_t s1) {
+      FwdScratch<T> w(J, Cout);
+      for (int64_t s = s0; s < s1; ++s) {
         const int64_t b = b0 + s;
-        const T* hs = h + s * J * C2;  // [J, 2*Cout] of this sample
-        for (int64_t k = 0; k < J; ++k)
-          for (int64_t c = 0; c < Cout; ++c) g1[k * Cout + c] = p.m[k * Cout + c] * hs[k * C2 + Cout + c];
-        if (ss_rows && (ss_rows > 1 || s == 0))  // a broadcast row: once per tile
-          load_scale_shift(sc1.data(), sh.data(), ss + (ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
-        for (int64_t j = 0; j < J; ++j) {
-          const T ajj = p.a[j * J + j];
-          for (int64_t c = 0; c < Cout; ++c) row[c] = p.bias[c] + ajj * p.m[j * Cout + c] * hs[j * C2 + c];
-          for (int64_t k = 0; k < J; ++k) {
-            if (k == j) continue;  // the own joint goes through w0, not w1
-            const T ajk = p.a[j * J + k];
-            const T* gk = g1.data() + k * Cout;
-            for (int64_t c = 0; c < Cout; ++c) row[c] += ajk * gk[c];
-          }
-          const int64_t o = (b * J + j) * Cout;
-          if (pre)
-            for (int64_t c = 0; c < Cout; ++c) pre[o + c] = static_cast<xt>(row[c]);
-          epilogue_row_fwd<T>(u.data(), row.data(), ss_rows ? sc1.data() : nullptr, sh.data(), Cout, act);
-          if (res)
-            for (int64_t c = 0; c < Cout; ++c) out[o + c] = static_cast<xt>(u[c] + static_cast<T>(res[o + c]));
-          else
-            for (int64_t c = 0; c < Cout; ++c) out[o + c] = static_cast<xt>(u[c]);
-        }
+        if (ss_rows && (ss_rows > 1 || s == s0))  // a broadcast row: once per thread
+          load_scale_shift(w.sc1.data(), w.sh.data(), ss + (ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
+        fwd_sample<T, xt>(p, h0p + s * JC, h1p + s * JC, ss_rows > 0, res ? res + b * JC : nullptr, out + b * JC,
+                          pre ? pre + b * JC : nullptr, J, Cout, act, w);
       }
-    }
-  });
+    });
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> mgcn_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& m_,
@@ -187,11 +205,11 @@ std::tuple<at::Tensor, at::Tensor> mgcn_fwd_cpu(const at::Tensor& x_, const at::
                                                 const c10::optional<at::Tensor>& scale_shift,
                                                 const c10::optional<at::Tensor>& residual, int64_t act, bool save_pre) {
   const MgcnDims d = check_mgcn_args(x_, w_, m_, a_, scale_shift, act);
-  const at::Tensor w = w_.detach(), m = m_.detach(), a = a_.detach();
+  check_mgcn_fwd_args(d, x_, bias_, residual);
   // The ATen calls below are internals of the kernel: detached inputs keep autograd out of them,
   // also on the worker threads of at::parallel_for (grad mode is thread-local).
-  check_mgcn_fwd_args(d, x_, bias_, residual);
-  const at::Tensor x = x_.detach().contiguous(), bias = bias_.detach();
+  const at::Tensor w = w_.detach(), m = m_.detach(), a = a_.detach(), bias = bias_.detach();
+  const at::Tensor x = x_.detach().contiguous();
   at::Tensor out = at::empty({d.B, d.J, d.Cout}, x.options());
   at::Tensor pre = save_pre ? at::empty({d.B, d.J, d.Cout}, x.options()) : at::empty({0}, x.options());
   if (d.B == 0) return {out, pre};
@@ -212,156 +230,163 @@ std::tuple<at::Tensor, at::Tensor> mgcn_fwd_cpu(const at::Tensor& x_, const at::
 // ---------------------------------------------------------------------------------------------
 // backward
 // ---------------------------------------------------------------------------------------------
-// Per-tile partial sums, one slot per tile (fixed-order reduction afterwards).
+// Partial sums of one tile of kTileSamples samples (one slot per tile, summed in order later).
 template <typename T>
-struct BwdPartials {
-  T* dm;    // [tiles, J, Cout]
-  T* da;    // [tiles, J, J]
-  T* db;    // [tiles, Cout]
-  T* dss;   // [tiles, 2, Cout] when scale_shift is broadcast (1 row), else unused
-  T* dssb;  // [B, 2, Cout] when scale_shift has a row per sample, else unused
+struct BwdSlot {
+  T* dm;   // [J, Cout]
+  T* da;   // [J, J]
+  T* db;   // [Cout]
+  T* dss;  // [2, Cout] when scale_shift is broadcast (1 row), else nullptr
 };
 
-template <typename xt>
-void mgcn_bwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& p, const xt* g, const xt* pre,
-                       const xt* ss, int64_t ss_rows, at::opmath_type<xt>* dH, const BwdPartials<at::opmath_type<xt>>& P,
-                       int64_t spt, int64_t B, int64_t J, int64_t Cout, int act) {
-  using T = at::opmath_type<xt>;
-  const int64_t tiles = (B + spt - 1) / spt;
-  const int64_t C2 = 2 * Cout;
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    at::Tensor H = at::empty({spt * J, C2}, p.wcat.options());
-    std::vector<T> dpre(J * Cout), g1(J * Cout), pv(Cout), u(Cout), sc1(Cout), sh(Cout);
-    for (int64_t t = t0; t < t1; ++t) {
-      T* dm = P.dm + t * J * Cout;
-      T* da = P.da + t * J * J;
-      T* db = P.db + t * Cout;
-      T* dssp = P.dss ? P.dss + t * 2 * Cout : nullptr;
-      std::fill(dm, dm + J * Cout, T(0));
-      std::fill(da, da + J * J, T(0));
-      std::fill(db, db + Cout, T(0));
-      if (dssp) std::fill(dssp, dssp + 2 * Cout, T(0));
-      const int64_t b0 = t * spt, nb = std::min(spt, B - b0);
-      at::Tensor Ht = H.narrow(0, 0, nb * J);
-      at::mm_out(Ht, xw.narrow(0, b0 * J, nb * J), p.wcat);
-      const T* h = Ht.data_ptr<T>();
-      for (int64_t s = 0; s < nb; ++s) {
-        const int64_t b = b0 + s;
-        const T* hs = h + s * J * C2;
-        T* dhs = dH + b * J * C2;  // [J, 2*Cout] of this sample
-        T* dsc = ss_rows == 1 ? dssp : (ss_rows ? P.dssb + b * 2 * Cout : nullptr);
-        if (ss_rows > 1) std::fill(dsc, dsc + 2 * Cout, T(0));
-        if (ss_rows && (ss_rows > 1 || s == 0))  // a broadcast row: once per tile
-          load_scale_shift(sc1.data(), sh.data(), ss + (ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
-        // dpre through the epilogue; dscale_shift and dbias
-        for (int64_t j = 0; j < J; ++j) {
-          const int64_t o = (b * J + j) * Cout;
-          T* dz = dpre.data() + j * Cout;  // dz first, dpre = dz * (1 + scale) in place below
-          for (int64_t c = 0; c < Cout; ++c) {
-            pv[c] = static_cast<T>(pre[o + c]);
-            dz[c] = static_cast<T>(g[o + c]);
-          }
-          epilogue_row_bwd<T>(dz, u.data(), pv.data(), ss_rows ? sc1.data() : nullptr, sh.data(), Cout, act);
-          if (dsc)
-            for (int64_t c = 0; c < Cout; ++c) {
-              dsc[c] += dz[c] * pv[c];
-              dsc[Cout + c] += dz[c];
-              dz[c] *= sc1[c];
-            }
-          for (int64_t c = 0; c < Cout; ++c) db[c] += dz[c];
-        }
-        for (int64_t k = 0; k < J; ++k)
-          for (int64_t c = 0; c < Cout; ++c) g1[k * Cout + c] = p.m[k * Cout + c] * hs[k * C2 + Cout + c];
-        for (int64_t j = 0; j < J; ++j) {
-          const T* dpj = dpre.data() + j * Cout;
-          const T* mj = p.m + j * Cout;
-          const T ajj = p.a[j * J + j];
-          // self term: dG0 = a_jj dpre_j; dH0 = m_j dG0; dm_j += dG0 H0_j; da_jj += <dpre_j, m_j H0_j>
-          T* dh0 = dhs + j * C2;
-          T* dmj = dm + j * Cout;
-          T dajj = 0;
-#pragma omp simd reduction(+ : dajj)  // lets the dot product vectorize (reassociation)
-          for (int64_t c = 0; c < Cout; ++c) {
-            const T h0 = hs[j * C2 + c];
-            const T dg0 = ajj * dpj[c];
-            dh0[c] = mj[c] * dg0;
-            dmj[c] += dg0 * h0;
-            dajj += dpj[c] * mj[c] * h0;
-          }
-          da[j * J + j] += dajj;
-          // neighbour terms, seen from the source joint k: dG1_k = sum_{j != k} a_jk dpre_j
-          T* dh1 = dhs + j * C2 + Cout;
-          std::fill(dh1, dh1 + Cout, T(0));
-        }
-        for (int64_t j = 0; j < J; ++j) {
-          const T* dpj = dpre.data() + j * Cout;
-          for (int64_t k = 0; k < J; ++k) {
-            if (k == j) continue;
-            const T ajk = p.a[j * J + k];
-            T* dh1 = dhs + k * C2 + Cout;  // accumulates dG1_k for now
-            const T* gk = g1.data() + k * Cout;
-            T dajk = 0;
-#pragma omp simd reduction(+ : dajk)
-            for (int64_t c = 0; c < Cout; ++c) {
-              dh1[c] += ajk * dpj[c];
-              dajk += dpj[c] * gk[c];
-            }
-            da[j * J + k] += dajk;
-          }
-        }
-        for (int64_t k = 0; k < J; ++k) {  // dm_k += dG1_k H1_k; dH1_k = m_k dG1_k
-          T* dh1 = dhs + k * C2 + Cout;
-          T* dmk = dm + k * Cout;
-          const T* mk = p.m + k * Cout;
-          for (int64_t c = 0; c < Cout; ++c) {
-            dmk[c] += dh1[c] * hs[k * C2 + Cout + c];
-            dh1[c] *= mk[c];
-          }
-        }
-      }
+template <typename T>
+struct BwdScratch {
+  std::vector<T> dpre, g1, pv, u, sc1, sh;  // dpre, g1 [J, Cout]; the rest [Cout]
+  BwdScratch(int64_t J, int64_t C) : dpre(J * C), g1(J * C), pv(C), u(C), sc1(C), sh(C) {}
+};
+
+// One sample. h0, h1: its rows of H0, H1; g, pre: of grad_out and pre; dh0, dh1: its rows of the
+// outputs dH0, dH1 [J, Cout]; dsc: where its dscale_shift [2, Cout] accumulates (nullable).
+template <typename T, typename xt>
+void bwd_sample(const Params<T>& p, const T* h0, const T* h1, const xt* g, const xt* pre, bool has_ss, T* dsc,
+                T* dh0, T* dh1, const BwdSlot<T>& slot, int64_t J, int64_t Cout, int act, BwdScratch<T>& w) {
+  // dpre through the epilogue; dscale_shift and dbias
+  for (int64_t j = 0; j < J; ++j) {
+    const int64_t o = j * Cout;
+    T* dz = w.dpre.data() + o;  // dz first, dpre = dz * (1 + scale) in place below
+    for (int64_t c = 0; c < Cout; ++c) {
+      w.pv[c] = static_cast<T>(pre[o + c]);
+      dz[c] = static_cast<T>(g[o + c]);
     }
-  });
+    RowsOf<T>::bwd(dz, w.u.data(), w.pv.data(), has_ss ? w.sc1.data() : nullptr, w.sh.data(), Cout, act);
+    if (dsc)
+      for (int64_t c = 0; c < Cout; ++c) {
+        dsc[c] += dz[c] * w.pv[c];
+        dsc[Cout + c] += dz[c];
+        dz[c] *= w.sc1[c];
+      }
+    for (int64_t c = 0; c < Cout; ++c) slot.db[c] += dz[c];
+  }
+  for (int64_t k = 0; k < J; ++k)
+    for (int64_t c = 0; c < Cout; ++c) w.g1[k * Cout + c] = p.mp[k * Cout + c] * h1[k * Cout + c];
+  // self term: dG0 = a_jj dpre_j; dH0 = m_j dG0; dm_j += dG0 H0_j; da_jj += <dpre_j, m_j H0_j>
+  for (int64_t j = 0; j < J; ++j) {
+    const T* dpj = w.dpre.data() + j * Cout;
+    const T* mj = p.mp + j * Cout;
+    const T* h0j = h0 + j * Cout;
+    T* dmj = slot.dm + j * Cout;
+    T* dh0j = dh0 + j * Cout;
+    const T ajj = p.ap[j * J + j];
+    T dajj = 0;
+#pragma omp simd reduction(+ : dajj)  // lets the dot product vectorize (reassociation)
+    for (int64_t c = 0; c < Cout; ++c) {
+      const T dg0 = ajj * dpj[c];
+      dh0j[c] = mj[c] * dg0;
+      dmj[c] += dg0 * h0j[c];
+      dajj += dpj[c] * mj[c] * h0j[c];
+    }
+    slot.da[j * J + j] += dajj;
+  }
+  // neighbour terms, seen from the source joint k: dG1_k = sum_{j != k} a_jk dpre_j (in dh1 for now);
+  // da_jk += <dpre_j, m_k H1_k>
+  std::fill(dh1, dh1 + J * Cout, T(0));
+  for (int64_t j = 0; j < J; ++j) {
+    const T* dpj = w.dpre.data() + j * Cout;
+    for (int64_t k = 0; k < J; ++k) {
+      if (k == j) continue;
+      const T ajk = p.ap[j * J + k];
+      T* dg1k = dh1 + k * Cout;
+      const T* gk = w.g1.data() + k * Cout;
+      T dajk = 0;
+#pragma omp simd reduction(+ : dajk)
+      for (int64_t c = 0; c < Cout; ++c) {
+        dg1k[c] += ajk * dpj[c];
+        dajk += dpj[c] * gk[c];
+      }
+      slot.da[j * J + k] += dajk;
+    }
+  }
+  for (int64_t k = 0; k < J; ++k) {  // dm_k += dG1_k H1_k; dH1_k = m_k dG1_k
+    T* dg1k = dh1 + k * Cout;
+    T* dmk = slot.dm + k * Cout;
+    const T* mk = p.mp + k * Cout;
+    const T* h1k = h1 + k * Cout;
+    for (int64_t c = 0; c < Cout; ++c) {
+      dmk[c] += dg1k[c] * h1k[c];
+      dg1k[c] *= mk[c];
+    }
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mgcn_bwd_cpu(
     const at::Tensor& grad_out_, const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& m_, const at::Tensor& a_,
     const at::Tensor& pre_, const c10::optional<at::Tensor>& scale_shift, int64_t act) {
   const MgcnDims d = check_mgcn_args(x_, w_, m_, a_, scale_shift, act);
-  const at::Tensor w = w_.detach(), m = m_.detach(), a = a_.detach();
-  // The ATen calls below are internals of the kernel: detached inputs keep autograd out of them,
-  // also on the worker threads of at::parallel_for (grad mode is thread-local).
   check_mgcn_bwd_args(d, grad_out_, pre_);
+  const at::Tensor w = w_.detach(), m = m_.detach(), a = a_.detach();  // see mgcn_fwd_cpu
   const at::Tensor x = x_.detach().contiguous(), g = grad_out_.detach().to(x.scalar_type()).contiguous(),
                    pre = pre_.detach().to(x.scalar_type()).contiguous();
   const at::Tensor ss = scale_shift.has_value() ? scale_shift->detach().contiguous() : at::Tensor();
+  const int64_t B = d.B, J = d.J, Cout = d.Cout, JC = J * Cout;
   at::Tensor dx, dw, dm, da, dbias, dss;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mgcn_bwd_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
+    using xt = scalar_t;
     const at::ScalarType op = c10::CppTypeToScalarType<T>::value;
     const auto o = x.options().dtype(op);
     const Params<T> p = widen<T>(w, m, a, nullptr, op);
-    const at::Tensor xw = x.view({d.B * d.J, d.Cin}).to(op);
-    const int64_t spt = samples_per_tile(d.B, d.J);
-    const int64_t tiles = (d.B + spt - 1) / spt;
-    at::Tensor dH = at::empty({d.B * d.J, 2 * d.Cout}, o);
-    at::Tensor pdm = at::empty({tiles, d.J, d.Cout}, o), pda = at::empty({tiles, d.J, d.J}, o),
-               pdb = at::empty({tiles, d.Cout}, o);
-    at::Tensor pdss = d.ss_rows == 1 ? at::empty({tiles, 2, d.Cout}, o) : at::Tensor();
-    at::Tensor dssb = d.ss_rows > 1 ? at::empty({d.B, 2, d.Cout}, o) : at::Tensor();
-    const BwdPartials<T> P{pdm.data_ptr<T>(), pda.data_ptr<T>(), pdb.data_ptr<T>(),
-                           pdss.defined() ? pdss.data_ptr<T>() : nullptr,
-                           dssb.defined() ? dssb.data_ptr<T>() : nullptr};
-    if (d.B > 0)
-      mgcn_bwd_cpu_impl<scalar_t>(xw, p, g.data_ptr<scalar_t>(), pre.data_ptr<scalar_t>(),
-                                  d.ss_rows ? ss.data_ptr<scalar_t>() : nullptr, d.ss_rows, dH.data_ptr<T>(), P, spt,
-                                  d.B, d.J, d.Cout, static_cast<int>(act));
-    dx = at::mm(dH, p.wcat.t()).view({d.B, d.J, d.Cin}).to(x.scalar_type());
-    const at::Tensor dwcat = at::mm(xw.t(), dH);  // [Cin, 2*Cout]
-    dw = at::stack({dwcat.narrow(1, 0, d.Cout), dwcat.narrow(1, d.Cout, d.Cout)}).to(w.scalar_type());
-    dm = pdm.sum(0).to(m.scalar_type());
-    da = pda.sum(0).to(a.scalar_type());
-    dbias = pdb.sum(0).to(w.scalar_type());
-    if (d.ss_rows == 1) dss = pdss.sum(0, /*keepdim=*/true).to(ss.scalar_type());
+    const at::Tensor xw = x.view({B * J, d.Cin}).to(op);
+    const int64_t tiles = (B + kTileSamples - 1) / kTileSamples;
+    at::Tensor dH0 = at::empty({B * J, Cout}, o), dH1 = at::empty({B * J, Cout}, o);
+    // per-tile slots, zeroed: [tiles, J*Cout + J*J + Cout + 2*Cout]
+    const int64_t slot_len = JC + J * J + Cout + (d.ss_rows == 1 ? 2 * Cout : 0);
+    at::Tensor slots = at::zeros({tiles, slot_len}, o);
+    at::Tensor dssb = d.ss_rows > 1 ? at::zeros({B, 2, Cout}, o) : at::Tensor();
+    T* slotp = slots.data_ptr<T>();
+    const xt* gp = g.data_ptr<xt>();
+    const xt* prep = pre.data_ptr<xt>();
+    const xt* ssp = d.ss_rows ? ss.data_ptr<xt>() : nullptr;
+    T* dH0p = dH0.data_ptr<T>();
+    T* dH1p = dH1.data_ptr<T>();
+    T* dssbp = dssb.defined() ? dssb.data_ptr<T>() : nullptr;
+    const int64_t spc = std::min(B, samples_per_chunk(J));  // a multiple of kTileSamples unless B is smaller
+    at::Tensor H0 = at::empty({std::max<int64_t>(spc, 1) * J, Cout}, o), H1 = at::empty_like(H0);
+    for (int64_t b0 = 0; b0 < B; b0 += spc) {
+      const int64_t nb = std::min(spc, B - b0);
+      const at::Tensor xc = xw.narrow(0, b0 * J, nb * J);
+      at::Tensor h0 = H0.narrow(0, 0, nb * J), h1 = H1.narrow(0, 0, nb * J);
+      at::mm_out(h0, xc, p.w0);
+      at::mm_out(h1, xc, p.w1);
+      const T* h0p = h0.data_ptr<T>();
+      const T* h1p = h1.data_ptr<T>();
+      const int64_t t_first = b0 / kTileSamples, t_end = (b0 + nb + kTileSamples - 1) / kTileSamples;
+      at::parallel_for(t_first, t_end, 1, [&](int64_t t0, int64_t t1) {
+        BwdScratch<T> sc(J, Cout);
+        for (int64_t t = t0; t < t1; ++t) {
+          T* base = slotp + t * slot_len;
+          const BwdSlot<T> slot{base, base + JC, base + JC + J * J,
+                                d.ss_rows == 1 ? base + JC + J * J + Cout : nullptr};
+          const int64_t s_begin = t * kTileSamples, s_end = std::min(B, s_begin + kTileSamples);
+          for (int64_t b = s_begin; b < s_end; ++b) {
+            if (d.ss_rows && (d.ss_rows > 1 || b == s_begin))
+              load_scale_shift(sc.sc1.data(), sc.sh.data(), ssp + (d.ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
+            T* dsc = d.ss_rows == 1 ? slot.dss : (d.ss_rows ? dssbp + b * 2 * Cout : nullptr);
+            const int64_t s = b - b0;  // row of the chunk
+            bwd_sample<T, xt>(p, h0p + s * JC, h1p + s * JC, gp + b * JC, prep + b * JC, d.ss_rows > 0, dsc,
+                              dH0p + b * JC, dH1p + b * JC, slot, J, Cout, static_cast<int>(act), sc);
+          }
+        }
+      });
+    }
+    dx = at::mm(dH0, p.w0.t());
+    dx.addmm_(dH1, p.w1.t());
+    dx = dx.view({B, J, d.Cin}).to(x.scalar_type());
+    dw = at::stack({at::mm(xw.t(), dH0), at::mm(xw.t(), dH1)}).to(w.scalar_type());
+    const at::Tensor tot = slots.sum(0);  // fixed order over the tiles
+    dm = tot.narrow(0, 0, JC).view({J, Cout}).to(m.scalar_type());
+    da = tot.narrow(0, JC, J * J).view({J, J}).to(a.scalar_type());
+    dbias = tot.narrow(0, JC + J * J, Cout).to(w.scalar_type());
+    if (d.ss_rows == 1) dss = tot.narrow(0, JC + J * J + Cout, 2 * Cout).view({1, 2, Cout}).to(ss.scalar_type());
     else if (d.ss_rows > 1) dss = dssb.to(ss.scalar_type());
     else if (ss.defined()) dss = at::zeros_like(ss);  // an empty batch's empty scale_shift
     else dss = at::empty({0}, x.options());

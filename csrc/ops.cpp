@@ -29,6 +29,11 @@ TORCH_LIBRARY(diffupose, m) {
         "int n_hyp, bool aggregate) -> (Tensor x_prev, Tensor mean, Tensor spread)");
 }
 
+namespace diffupose {
+bool set_mgcn_cpu_isa(const std::string& name);  // mgcn_cpu.cpp
+std::string mgcn_cpu_isa();
+}  // namespace diffupose
+
 static bool with_cuda() {
 #ifdef DIFFUPOSE_WITH_CUDA
   return true;
@@ -40,4 +45,7 @@ static bool with_cuda() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "diffupose fused kernels (ops are in torch.ops.diffupose)";
   m.def("with_cuda", &with_cuda, "whether the CUDA kernels were compiled into this build");
+  m.def("cpu_isa", &diffupose::mgcn_cpu_isa, "instruction set of the CPU graph convolution's epilogue rows");
+  m.def("set_cpu_isa", &diffupose::set_mgcn_cpu_isa,
+        "testing: use 'base', 'avx2' or 'avx512' rows; false if this CPU lacks it");
 }

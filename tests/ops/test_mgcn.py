@@ -180,3 +180,22 @@ def test_empty_batch(backend):
     assert out.shape == (0, 17, 6)
     for k in ("w", "m", "a", "bias"):
         assert torch.equal(grads[k], torch.zeros_like(grads[k])), k
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+def test_cpu_instruction_sets(isa, act):
+    """Each compiled instruction-set version of the CPU kernel's row loops, where this CPU runs it."""
+    skip_unless_backend("cpu")
+    from diffupose.ops.backend import extension
+
+    C = extension()
+    best = C.cpu_isa()
+    if not C.set_cpu_isa(isa):
+        pytest.skip(f"this CPU cannot run the {isa} version")
+    try:
+        assert C.cpu_isa() == isa
+        for dtype in (torch.float32, torch.float64):
+            check_backend("cpu", 6, 17, 33, 40, act, 1, True, dtype)
+    finally:
+        assert C.set_cpu_isa(best)
