@@ -44,7 +44,8 @@ namespace diffupose {
 // instruction-set dispatch of the epilogue rows (cpu/mgcn_rows.h)
 // ---------------------------------------------------------------------------------------------
 static MgcnRows mgcn_rows_base() {
-  return {base::row_fwd_f32, base::row_fwd_f64, base::row_bwd_f32, base::row_bwd_f64, "base"};
+  return {base::row_fwd_f32, base::row_fwd_f64, base::row_bwd_f32, base::row_bwd_f64, base::agg_fwd_f32, base::agg_fwd_f64,
+          base::agg_bwd_f32, base::agg_bwd_f64, "base"};
 }
 
 static MgcnRows best_rows() {
@@ -141,27 +142,18 @@ Params<T> widen(const at::Tensor& w, const at::Tensor& m, const at::Tensor& a, c
 // Scratch of one thread.
 template <typename T>
 struct FwdScratch {
-  std::vector<T> g1, row, u, sc1, sh;  // g1 [J, Cout] = m * H1 of a sample; the rest [Cout]
-  FwdScratch(int64_t J, int64_t C) : g1(J * C), row(C), u(C), sc1(C), sh(C) {}
+  std::vector<T> prej, g1, u, sc1, sh;  // prej, g1 [J, Cout]: pre and m * H1 of a sample; the rest [Cout]
+  FwdScratch(int64_t J, int64_t C) : prej(J * C), g1(J * C), u(C), sc1(C), sh(C) {}
 };
 
 // One sample: h0, h1 [J, Cout] its rows of H0, H1; out, pre (nullable), res (nullable) [J, Cout].
 template <typename T, typename xt>
 void fwd_sample(const Params<T>& p, const T* h0, const T* h1, bool has_ss, const xt* res, xt* out, xt* pre,
                 int64_t J, int64_t Cout, int act, FwdScratch<T>& w) {
-  for (int64_t k = 0; k < J; ++k)
-    for (int64_t c = 0; c < Cout; ++c) w.g1[k * Cout + c] = p.mp[k * Cout + c] * h1[k * Cout + c];
+  RowsOf<T>::agg_fwd(w.prej.data(), w.g1.data(), h0, h1, p.mp, p.ap, p.biasp, J, Cout);
   for (int64_t j = 0; j < J; ++j) {
-    T* row = w.row.data();
-    const T ajj = p.ap[j * J + j];
-    for (int64_t c = 0; c < Cout; ++c) row[c] = p.biasp[c] + ajj * p.mp[j * Cout + c] * h0[j * Cout + c];
-    for (int64_t k = 0; k < J; ++k) {
-      if (k == j) continue;  // the own joint goes through w0, not w1
-      const T ajk = p.ap[j * J + k];
-      const T* gk = w.g1.data() + k * Cout;
-      for (int64_t c = 0; c < Cout; ++c) row[c] += ajk * gk[c];
-    }
     const int64_t o = j * Cout;
+    const T* row = w.prej.data() + o;
     if (pre)
       for (int64_t c = 0; c < Cout; ++c) pre[o + c] = static_cast<xt>(row[c]);
     RowsOf<T>::fwd(w.u.data(), row, has_ss ? w.sc1.data() : nullptr, w.sh.data(), Cout, act);
@@ -267,55 +259,7 @@ void bwd_sample(const Params<T>& p, const T* h0, const T* h1, const xt* g, const
       }
     for (int64_t c = 0; c < Cout; ++c) slot.db[c] += dz[c];
   }
-  for (int64_t k = 0; k < J; ++k)
-    for (int64_t c = 0; c < Cout; ++c) w.g1[k * Cout + c] = p.mp[k * Cout + c] * h1[k * Cout + c];
-  // self term: dG0 = a_jj dpre_j; dH0 = m_j dG0; dm_j += dG0 H0_j; da_jj += <dpre_j, m_j H0_j>
-  for (int64_t j = 0; j < J; ++j) {
-    const T* dpj = w.dpre.data() + j * Cout;
-    const T* mj = p.mp + j * Cout;
-    const T* h0j = h0 + j * Cout;
-    T* dmj = slot.dm + j * Cout;
-    T* dh0j = dh0 + j * Cout;
-    const T ajj = p.ap[j * J + j];
-    T dajj = 0;
-#pragma omp simd reduction(+ : dajj)  // lets the dot product vectorize (reassociation)
-    for (int64_t c = 0; c < Cout; ++c) {
-      const T dg0 = ajj * dpj[c];
-      dh0j[c] = mj[c] * dg0;
-      dmj[c] += dg0 * h0j[c];
-      dajj += dpj[c] * mj[c] * h0j[c];
-    }
-    slot.da[j * J + j] += dajj;
-  }
-  // neighbour terms, seen from the source joint k: dG1_k = sum_{j != k} a_jk dpre_j (in dh1 for now);
-  // da_jk += <dpre_j, m_k H1_k>
-  std::fill(dh1, dh1 + J * Cout, T(0));
-  for (int64_t j = 0; j < J; ++j) {
-    const T* dpj = w.dpre.data() + j * Cout;
-    for (int64_t k = 0; k < J; ++k) {
-      if (k == j) continue;
-      const T ajk = p.ap[j * J + k];
-      T* dg1k = dh1 + k * Cout;
-      const T* gk = w.g1.data() + k * Cout;
-      T dajk = 0;
-#pragma omp simd reduction(+ : dajk)
-      for (int64_t c = 0; c < Cout; ++c) {
-        dg1k[c] += ajk * dpj[c];
-        dajk += dpj[c] * gk[c];
-      }
-      slot.da[j * J + k] += dajk;
-    }
-  }
-  for (int64_t k = 0; k < J; ++k) {  // dm_k += dG1_k H1_k; dH1_k = m_k dG1_k
-    T* dg1k = dh1 + k * Cout;
-    T* dmk = slot.dm + k * Cout;
-    const T* mk = p.mp + k * Cout;
-    const T* h1k = h1 + k * Cout;
-    for (int64_t c = 0; c < Cout; ++c) {
-      dmk[c] += dg1k[c] * h1k[c];
-      dg1k[c] *= mk[c];
-    }
-  }
+  RowsOf<T>::agg_bwd(dh0, dh1, slot.dm, slot.da, w.g1.data(), w.dpre.data(), h0, h1, p.mp, p.ap, J, Cout);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mgcn_bwd_cpu(

@@ -9,7 +9,8 @@
 
 namespace diffupose {
 MgcnRows mgcn_rows_avx2() {
-  return {avx2::row_fwd_f32, avx2::row_fwd_f64, avx2::row_bwd_f32, avx2::row_bwd_f64, "avx2"};
+  return {avx2::row_fwd_f32, avx2::row_fwd_f64, avx2::row_bwd_f32, avx2::row_bwd_f64,
+          avx2::agg_fwd_f32, avx2::agg_fwd_f64, avx2::agg_bwd_f32, avx2::agg_bwd_f64, "avx2"};
 }
 }  // namespace diffupose
 #endif  // __x86_64__

@@ -9,7 +9,8 @@
 
 namespace diffupose {
 MgcnRows mgcn_rows_avx512() {
-  return {avx512::row_fwd_f32, avx512::row_fwd_f64, avx512::row_bwd_f32, avx512::row_bwd_f64, "avx512"};
+  return {avx512::row_fwd_f32, avx512::row_fwd_f64, avx512::row_bwd_f32, avx512::row_bwd_f64,
+          avx512::agg_fwd_f32, avx512::agg_fwd_f64, avx512::agg_bwd_f32, avx512::agg_bwd_f64, "avx512"};
 }
 }  // namespace diffupose
 #endif  // __x86_64__

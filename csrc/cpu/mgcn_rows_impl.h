@@ -1,4 +1,4 @@
-// The epilogue's row loops of the CPU graph convolution (csrc/mgcn_cpu.cpp), compiled once per
+// The inner loops (per-sample aggregation, epilogue rows) of the CPU graph convolution (csrc/mgcn_cpu.cpp), compiled once per
 // instruction set: this header is included by mgcn_cpu.cpp (baseline x86-64 / any CPU) and by
 // cpu/mgcn_rows_avx2.cpp and cpu/mgcn_rows_avx512.cpp under `#pragma GCC target`, each time in
 // its own namespace DP_ROWS_NS; mgcn_cpu.cpp picks one at run time (cpu/mgcn_rows.h).
@@ -74,6 +74,76 @@ void epilogue_row_bwd(T* g, T* u, const T* pre, const T* scale1, const T* shift,
     for (int64_t c = 0; c < C; ++c) g[c] *= act_bwd<T>(u[c], kActSilu, RowExp{});
 }
 
+// The J x J aggregation of one sample, forward: pre [J, C] = diag(a) m H0 + offdiag(a) (m H1) + bias;
+// g1 [J, C] scratch (m * H1). h0, h1 [J, C]; m [J, C]; a [J, J]; bias [C].
+template <typename T>
+void aggregate_fwd(T* pre, T* g1, const T* h0, const T* h1, const T* m, const T* a, const T* bias, int64_t J,
+                   int64_t C) {
+  for (int64_t i = 0; i < J * C; ++i) g1[i] = m[i] * h1[i];
+  for (int64_t j = 0; j < J; ++j) {
+    T* row = pre + j * C;
+    const T ajj = a[j * J + j];
+    const T* mj = m + j * C;
+    const T* h0j = h0 + j * C;
+    for (int64_t c = 0; c < C; ++c) row[c] = bias[c] + ajj * mj[c] * h0j[c];
+    for (int64_t k = 0; k < J; ++k) {
+      if (k == j) continue;  // the own joint goes through w0, not w1
+      const T ajk = a[j * J + k];
+      const T* gk = g1 + k * C;
+      for (int64_t c = 0; c < C; ++c) row[c] += ajk * gk[c];
+    }
+  }
+}
+
+// Backward of the aggregation of one sample from dpre [J, C]: writes dh0, dh1 [J, C] (the
+// gradients of H0 = x w0, H1 = x w1) and accumulates dm [J, C], da [J, J]; g1 [J, C] scratch.
+//   self:       dG0_j = a_jj dpre_j;  dH0_j = m_j dG0_j;  dm_j += dG0_j H0_j;  da_jj += <dpre_j, m_j H0_j>
+//   neighbours: dG1_k = sum_{j != k} a_jk dpre_j;  dH1_k = m_k dG1_k;  dm_k += dG1_k H1_k;
+//               da_jk += <dpre_j, m_k H1_k>
+template <typename T>
+void aggregate_bwd(T* dh0, T* dh1, T* dm, T* da, T* g1, const T* dpre, const T* h0, const T* h1, const T* m,
+                   const T* a, int64_t J, int64_t C) {
+  for (int64_t i = 0; i < J * C; ++i) g1[i] = m[i] * h1[i];
+  for (int64_t j = 0; j < J; ++j) {
+    const T* dpj = dpre + j * C;
+    const T* mj = m + j * C;
+    const T* h0j = h0 + j * C;
+    T* dmj = dm + j * C;
+    T* dh0j = dh0 + j * C;
+    const T ajj = a[j * J + j];
+    T dajj = 0;
+#pragma omp simd reduction(+ : dajj)  // lets the dot product vectorize (reassociation)
+    for (int64_t c = 0; c < C; ++c) {
+      const T dg0 = ajj * dpj[c];
+      dh0j[c] = mj[c] * dg0;
+      dmj[c] += dg0 * h0j[c];
+      dajj += dpj[c] * mj[c] * h0j[c];
+    }
+    da[j * J + j] += dajj;
+  }
+  for (int64_t i = 0; i < J * C; ++i) dh1[i] = T(0);  // dG1 accumulates here first
+  for (int64_t j = 0; j < J; ++j) {
+    const T* dpj = dpre + j * C;
+    for (int64_t k = 0; k < J; ++k) {
+      if (k == j) continue;
+      const T ajk = a[j * J + k];
+      T* dg1k = dh1 + k * C;
+      const T* gk = g1 + k * C;
+      T dajk = 0;
+#pragma omp simd reduction(+ : dajk)
+      for (int64_t c = 0; c < C; ++c) {
+        dg1k[c] += ajk * dpj[c];
+        dajk += dpj[c] * gk[c];
+      }
+      da[j * J + k] += dajk;
+    }
+  }
+  for (int64_t i = 0; i < J * C; ++i) {
+    dm[i] += dh1[i] * h1[i];
+    dh1[i] *= m[i];
+  }
+}
+
 // Non-template entry points, one per type, for the dispatch table of cpu/mgcn_rows.h.
 inline void row_fwd_f32(float* u, const float* pre, const float* s1, const float* sh, int64_t C, int act) {
   epilogue_row_fwd<float>(u, pre, s1, sh, C, act);
@@ -87,6 +157,23 @@ inline void row_bwd_f32(float* g, float* u, const float* pre, const float* s1, c
 inline void row_bwd_f64(double* g, double* u, const double* pre, const double* s1, const double* sh, int64_t C,
                         int act) {
   epilogue_row_bwd<double>(g, u, pre, s1, sh, C, act);
+}
+
+inline void agg_fwd_f32(float* pre, float* g1, const float* h0, const float* h1, const float* m, const float* a,
+                        const float* bias, int64_t J, int64_t C) {
+  aggregate_fwd<float>(pre, g1, h0, h1, m, a, bias, J, C);
+}
+inline void agg_fwd_f64(double* pre, double* g1, const double* h0, const double* h1, const double* m,
+                        const double* a, const double* bias, int64_t J, int64_t C) {
+  aggregate_fwd<double>(pre, g1, h0, h1, m, a, bias, J, C);
+}
+inline void agg_bwd_f32(float* dh0, float* dh1, float* dm, float* da, float* g1, const float* dpre, const float* h0,
+                        const float* h1, const float* m, const float* a, int64_t J, int64_t C) {
+  aggregate_bwd<float>(dh0, dh1, dm, da, g1, dpre, h0, h1, m, a, J, C);
+}
+inline void agg_bwd_f64(double* dh0, double* dh1, double* dm, double* da, double* g1, const double* dpre,
+                        const double* h0, const double* h1, const double* m, const double* a, int64_t J, int64_t C) {
+  aggregate_bwd<double>(dh0, dh1, dm, da, g1, dpre, h0, h1, m, a, J, C);
 }
 
 }  // namespace DP_ROWS_NS
