@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("ablations", ROOT / "train" / "ablations.py")
@@ -19,13 +18,7 @@ _spec.loader.exec_module(ab)
 RUNS = ("gcn-cosine-d16-gt-s0", "regressor-cosine-d16-gt-s0")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The machine is shared and the models are tiny: intra-op threads only add waiting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

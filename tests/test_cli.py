@@ -25,14 +25,7 @@ W, H = 1000, 800
 FAST = ["-n", "3", "--steps", "2", "--backend", "reference", "-q"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    barriers make each small op wait for a core: one thread keeps these tests fast anywhere."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save_tiny(path, **model_kw):

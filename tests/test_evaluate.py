@@ -16,14 +16,7 @@ from diffupose.model import ModelConfig, build_model
 FAST = dict(steps=2, backend="reference", batch_frames=7)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    barriers make each small op wait for a core: one thread keeps these tests fast anywhere."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
