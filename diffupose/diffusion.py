@@ -129,13 +129,20 @@ class Diffusion:
 
     # -- sampling ------------------------------------------------------------------------------
     def timesteps(self, steps: Optional[int]) -> list[int]:
-        """Descending timesteps: all T for DDPM (steps None or T), else k evenly spaced."""
+        """Descending timesteps: all T for DDPM (steps None or T), else k uniformly skipped,
+        t_i = round(i T / k) for i = k-1 .. 0 (the DDIM reference implementation's 'uniform'
+        skip: 5 steps are 80, 60, 40, 20, 0; 2 are 50, 0).
+
+        A k-step chain does not start at t = T-1: there the cosine schedule has abar = 2.4e-7,
+        so the first x0 estimate multiplies the noise prediction's error by ~2000 and the few
+        remaining steps cannot repair it (measured on the CMU set: 2 steps gave 2.1 m MPJPE
+        starting at t = 99). x_T ~ N(0, I) stands in for x at the first t, as in DDIM's code.
+        """
         if steps is None or steps >= self.T:
             return list(range(self.T - 1, -1, -1))
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        ts = torch.linspace(self.T - 1, 0, steps, dtype=torch.float64).round().long().tolist()
-        return list(dict.fromkeys(ts))  # unique, order kept
+        return [int(round(i * self.T / steps)) for i in range(steps - 1, -1, -1)]
 
     def plan(self, steps: Optional[int] = None, eta: float = 0.0, ddpm: bool = False) -> list[tuple[int, StepCoefs]]:
         """(t, coefficients) of each step. ddpm=True: all T steps with the posterior variance."""

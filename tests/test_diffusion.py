@@ -38,7 +38,7 @@ def test_q_sample_statistics():
 
 def test_plans():
     d = Diffusion(DiffusionConfig())
-    assert d.timesteps(5) == [99, 74, 50, 25, 0] and d.timesteps(2) == [99, 0]
+    assert d.timesteps(5) == [80, 60, 40, 20, 0] and d.timesteps(2) == [50, 0] and d.timesteps(3) == [67, 33, 0]
     assert d.timesteps(None) == list(range(99, -1, -1)) and len(d.timesteps(20)) == 20
     ddpm = d.plan(ddpm=True)
     ab = d.alpha_bar
