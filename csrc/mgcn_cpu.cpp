@@ -36,6 +36,8 @@
 #include "cpu/mgcn_rows.h"
 #include "mgcn_check.h"
 #define DP_ROWS_NS base
+#define DP_ROWS_ISA "base"
+#define DP_ROWS_FACTORY mgcn_rows_base
 #include "cpu/mgcn_rows_impl.h"
 
 namespace diffupose {
@@ -43,11 +45,6 @@ namespace diffupose {
 // ---------------------------------------------------------------------------------------------
 // instruction-set dispatch of the epilogue rows (cpu/mgcn_rows.h)
 // ---------------------------------------------------------------------------------------------
-static MgcnRows mgcn_rows_base() {
-  return {base::row_fwd_f32, base::row_fwd_f64, base::row_bwd_f32, base::row_bwd_f64, base::agg_fwd_f32, base::agg_fwd_f64,
-          base::agg_bwd_f32, base::agg_bwd_f64, "base"};
-}
-
 static MgcnRows best_rows() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
@@ -136,6 +133,28 @@ Params<T> widen(const at::Tensor& w, const at::Tensor& m, const at::Tensor& a, c
   return p;
 }
 
+// H0 = x @ w0, H1 = x @ w1 of a chunk of samples [b0, b0 + nb) into buffers reused across
+// chunks: two multi-threaded BLAS calls (outside any parallel region).
+template <typename T>
+struct ChunkGemms {
+  const at::Tensor& xw;  // [B*J, Cin]
+  const Params<T>& p;
+  int64_t J;
+  at::Tensor H0, H1;   // [spc*J, Cout]
+  const T *h0, *h1;  // this chunk's rows [nb*J, Cout]
+  ChunkGemms(const at::Tensor& xw_, const Params<T>& p_, int64_t spc, int64_t J_, int64_t Cout)
+      : xw(xw_), p(p_), J(J_), H0(at::empty({std::max<int64_t>(spc, 1) * J_, Cout}, p_.w0.options())),
+        H1(at::empty_like(H0)), h0(nullptr), h1(nullptr) {}
+  void run(int64_t b0, int64_t nb) {
+    const at::Tensor xc = xw.narrow(0, b0 * J, nb * J);
+    at::Tensor c0 = H0.narrow(0, 0, nb * J), c1 = H1.narrow(0, 0, nb * J);
+    at::mm_out(c0, xc, p.w0);
+    at::mm_out(c1, xc, p.w1);
+    h0 = c0.data_ptr<T>();
+    h1 = c1.data_ptr<T>();
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // forward
 // ---------------------------------------------------------------------------------------------
@@ -150,13 +169,13 @@ struct FwdScratch {
 template <typename T, typename xt>
 void fwd_sample(const Params<T>& p, const T* h0, const T* h1, bool has_ss, const xt* res, xt* out, xt* pre,
                 int64_t J, int64_t Cout, int act, FwdScratch<T>& w) {
-  RowsOf<T>::agg_fwd(w.prej.data(), w.g1.data(), h0, h1, p.mp, p.ap, p.biasp, J, Cout);
+  rows_of<T>().agg_fwd(w.prej.data(), w.g1.data(), h0, h1, p.mp, p.ap, p.biasp, J, Cout);
   for (int64_t j = 0; j < J; ++j) {
     const int64_t o = j * Cout;
     const T* row = w.prej.data() + o;
     if (pre)
       for (int64_t c = 0; c < Cout; ++c) pre[o + c] = static_cast<xt>(row[c]);
-    RowsOf<T>::fwd(w.u.data(), row, has_ss ? w.sc1.data() : nullptr, w.sh.data(), Cout, act);
+    rows_of<T>().fwd(w.u.data(), row, has_ss ? w.sc1.data() : nullptr, w.sh.data(), Cout, act);
     if (res)
       for (int64_t c = 0; c < Cout; ++c) out[o + c] = static_cast<xt>(w.u[c] + static_cast<T>(res[o + c]));
     else
@@ -170,15 +189,12 @@ void mgcn_fwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& 
   using T = at::opmath_type<xt>;
   const int64_t spc = std::min(B, samples_per_chunk(J));
   const int64_t JC = J * Cout;
-  at::Tensor H0 = at::empty({spc * J, Cout}, p.w0.options()), H1 = at::empty_like(H0);
+  ChunkGemms<T> H(xw, p, spc, J, Cout);
   for (int64_t b0 = 0; b0 < B; b0 += spc) {
     const int64_t nb = std::min(spc, B - b0);
-    const at::Tensor xc = xw.narrow(0, b0 * J, nb * J);
-    at::Tensor h0 = H0.narrow(0, 0, nb * J), h1 = H1.narrow(0, 0, nb * J);
-    at::mm_out(h0, xc, p.w0);
-    at::mm_out(h1, xc, p.w1);
-    const T* h0p = h0.data_ptr<T>();
-    const T* h1p = h1.data_ptr<T>();
+    H.run(b0, nb);
+    const T* h0p = H.h0;
+    const T* h1p = H.h1;
     at::parallel_for(0, nb, 1, [&](int64_t s0, int64_t s1) {
       FwdScratch<T> w(J, Cout);
       for (int64_t s = s0; s < s1; ++s) {
@@ -250,7 +266,7 @@ void bwd_sample(const Params<T>& p, const T* h0, const T* h1, const xt* g, const
       w.pv[c] = static_cast<T>(pre[o + c]);
       dz[c] = static_cast<T>(g[o + c]);
     }
-    RowsOf<T>::bwd(dz, w.u.data(), w.pv.data(), has_ss ? w.sc1.data() : nullptr, w.sh.data(), Cout, act);
+    rows_of<T>().bwd(dz, w.u.data(), w.pv.data(), has_ss ? w.sc1.data() : nullptr, w.sh.data(), Cout, act);
     if (dsc)
       for (int64_t c = 0; c < Cout; ++c) {
         dsc[c] += dz[c] * w.pv[c];
@@ -259,7 +275,7 @@ void bwd_sample(const Params<T>& p, const T* h0, const T* h1, const xt* g, const
       }
     for (int64_t c = 0; c < Cout; ++c) slot.db[c] += dz[c];
   }
-  RowsOf<T>::agg_bwd(dh0, dh1, slot.dm, slot.da, w.g1.data(), w.dpre.data(), h0, h1, p.mp, p.ap, J, Cout);
+  rows_of<T>().agg_bwd(dh0, dh1, slot.dm, slot.da, w.g1.data(), w.dpre.data(), h0, h1, p.mp, p.ap, J, Cout);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mgcn_bwd_cpu(
@@ -294,15 +310,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     T* dH1p = dH1.data_ptr<T>();
     T* dssbp = dssb.defined() ? dssb.data_ptr<T>() : nullptr;
     const int64_t spc = std::min(B, samples_per_chunk(J));  // a multiple of kTileSamples unless B is smaller
-    at::Tensor H0 = at::empty({std::max<int64_t>(spc, 1) * J, Cout}, o), H1 = at::empty_like(H0);
+    ChunkGemms<T> H(xw, p, spc, J, Cout);
     for (int64_t b0 = 0; b0 < B; b0 += spc) {
       const int64_t nb = std::min(spc, B - b0);
-      const at::Tensor xc = xw.narrow(0, b0 * J, nb * J);
-      at::Tensor h0 = H0.narrow(0, 0, nb * J), h1 = H1.narrow(0, 0, nb * J);
-      at::mm_out(h0, xc, p.w0);
-      at::mm_out(h1, xc, p.w1);
-      const T* h0p = h0.data_ptr<T>();
-      const T* h1p = h1.data_ptr<T>();
+      H.run(b0, nb);
+      const T* h0p = H.h0;
+      const T* h1p = H.h1;
       const int64_t t_first = b0 / kTileSamples, t_end = (b0 + nb + kTileSamples - 1) / kTileSamples;
       at::parallel_for(t_first, t_end, 1, [&](int64_t t0, int64_t t1) {
         BwdScratch<T> sc(J, Cout);

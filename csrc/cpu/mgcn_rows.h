@@ -7,62 +7,32 @@
 
 namespace diffupose {
 
+// The loops of one accumulation type T (float or double); see cpu/mgcn_rows_impl.h.
+template <typename T>
+struct RowsOf {
+  void (*fwd)(T* u, const T* pre, const T* scale1, const T* shift, int64_t C, int act);
+  void (*bwd)(T* g, T* u, const T* pre, const T* scale1, const T* shift, int64_t C, int act);
+  void (*agg_fwd)(T* pre, T* g1, const T* h0, const T* h1, const T* m, const T* a, const T* bias, int64_t J, int64_t C);
+  void (*agg_bwd)(T* dh0, T* dh1, T* dm, T* da, T* g1, const T* dpre, const T* h0, const T* h1, const T* m,
+                  const T* a, int64_t J, int64_t C);
+};
+
 struct MgcnRows {
-  void (*fwd_f32)(float*, const float*, const float*, const float*, int64_t, int);
-  void (*fwd_f64)(double*, const double*, const double*, const double*, int64_t, int);
-  void (*bwd_f32)(float*, float*, const float*, const float*, const float*, int64_t, int);
-  void (*bwd_f64)(double*, double*, const double*, const double*, const double*, int64_t, int);
-  void (*agg_fwd_f32)(float*, float*, const float*, const float*, const float*, const float*, const float*, int64_t,
-                      int64_t);
-  void (*agg_fwd_f64)(double*, double*, const double*, const double*, const double*, const double*, const double*,
-                      int64_t, int64_t);
-  void (*agg_bwd_f32)(float*, float*, float*, float*, float*, const float*, const float*, const float*, const float*,
-                      const float*, int64_t, int64_t);
-  void (*agg_bwd_f64)(double*, double*, double*, double*, double*, const double*, const double*, const double*,
-                      const double*, const double*, int64_t, int64_t);
+  RowsOf<float> f32;
+  RowsOf<double> f64;
   const char* isa;
 };
 
+MgcnRows mgcn_rows_base();    // mgcn_cpu.cpp (baseline instruction set)
 MgcnRows mgcn_rows_avx512();  // cpu/mgcn_rows_avx512.cpp
 MgcnRows mgcn_rows_avx2();    // cpu/mgcn_rows_avx2.cpp
-const MgcnRows& mgcn_rows();  // the best for this CPU (mgcn_cpu.cpp)
+const MgcnRows& mgcn_rows();  // the best for this CPU, or the one set for a test (mgcn_cpu.cpp)
 
-// Typed access for the templated kernels.
 template <typename T>
-struct RowsOf;
+const RowsOf<T>& rows_of();
 template <>
-struct RowsOf<float> {
-  static void fwd(float* u, const float* p, const float* s1, const float* sh, int64_t C, int act) {
-    mgcn_rows().fwd_f32(u, p, s1, sh, C, act);
-  }
-  static void bwd(float* g, float* u, const float* p, const float* s1, const float* sh, int64_t C, int act) {
-    mgcn_rows().bwd_f32(g, u, p, s1, sh, C, act);
-  }
-  static void agg_fwd(float* pre, float* g1, const float* h0, const float* h1, const float* m, const float* a, const float* bias,
-                      int64_t J, int64_t C) {
-    mgcn_rows().agg_fwd_f32(pre, g1, h0, h1, m, a, bias, J, C);
-  }
-  static void agg_bwd(float* dh0, float* dh1, float* dm, float* da, float* g1, const float* dpre, const float* h0, const float* h1,
-                      const float* m, const float* a, int64_t J, int64_t C) {
-    mgcn_rows().agg_bwd_f32(dh0, dh1, dm, da, g1, dpre, h0, h1, m, a, J, C);
-  }
-};
+inline const RowsOf<float>& rows_of<float>() { return mgcn_rows().f32; }
 template <>
-struct RowsOf<double> {
-  static void fwd(double* u, const double* p, const double* s1, const double* sh, int64_t C, int act) {
-    mgcn_rows().fwd_f64(u, p, s1, sh, C, act);
-  }
-  static void bwd(double* g, double* u, const double* p, const double* s1, const double* sh, int64_t C, int act) {
-    mgcn_rows().bwd_f64(g, u, p, s1, sh, C, act);
-  }
-  static void agg_fwd(double* pre, double* g1, const double* h0, const double* h1, const double* m, const double* a, const double* bias,
-                      int64_t J, int64_t C) {
-    mgcn_rows().agg_fwd_f64(pre, g1, h0, h1, m, a, bias, J, C);
-  }
-  static void agg_bwd(double* dh0, double* dh1, double* dm, double* da, double* g1, const double* dpre, const double* h0, const double* h1,
-                      const double* m, const double* a, int64_t J, int64_t C) {
-    mgcn_rows().agg_bwd_f64(dh0, dh1, dm, da, g1, dpre, h0, h1, m, a, J, C);
-  }
-};
+inline const RowsOf<double>& rows_of<double>() { return mgcn_rows().f64; }
 
 }  // namespace diffupose

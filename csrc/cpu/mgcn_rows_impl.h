@@ -11,9 +11,10 @@
 #include <cstring>
 
 #include "common/activation.h"
+#include "cpu/mgcn_rows.h"
 
 #ifndef DP_ROWS_NS
-#error "define DP_ROWS_NS before including cpu/mgcn_rows_impl.h"
+#error "define DP_ROWS_NS, DP_ROWS_ISA and DP_ROWS_FACTORY before including cpu/mgcn_rows_impl.h"
 #endif
 
 namespace diffupose {
@@ -144,37 +145,15 @@ void aggregate_bwd(T* dh0, T* dh1, T* dm, T* da, T* g1, const T* dpre, const T* 
   }
 }
 
-// Non-template entry points, one per type, for the dispatch table of cpu/mgcn_rows.h.
-inline void row_fwd_f32(float* u, const float* pre, const float* s1, const float* sh, int64_t C, int act) {
-  epilogue_row_fwd<float>(u, pre, s1, sh, C, act);
-}
-inline void row_fwd_f64(double* u, const double* pre, const double* s1, const double* sh, int64_t C, int act) {
-  epilogue_row_fwd<double>(u, pre, s1, sh, C, act);
-}
-inline void row_bwd_f32(float* g, float* u, const float* pre, const float* s1, const float* sh, int64_t C, int act) {
-  epilogue_row_bwd<float>(g, u, pre, s1, sh, C, act);
-}
-inline void row_bwd_f64(double* g, double* u, const double* pre, const double* s1, const double* sh, int64_t C,
-                        int act) {
-  epilogue_row_bwd<double>(g, u, pre, s1, sh, C, act);
-}
-
-inline void agg_fwd_f32(float* pre, float* g1, const float* h0, const float* h1, const float* m, const float* a,
-                        const float* bias, int64_t J, int64_t C) {
-  aggregate_fwd<float>(pre, g1, h0, h1, m, a, bias, J, C);
-}
-inline void agg_fwd_f64(double* pre, double* g1, const double* h0, const double* h1, const double* m,
-                        const double* a, const double* bias, int64_t J, int64_t C) {
-  aggregate_fwd<double>(pre, g1, h0, h1, m, a, bias, J, C);
-}
-inline void agg_bwd_f32(float* dh0, float* dh1, float* dm, float* da, float* g1, const float* dpre, const float* h0,
-                        const float* h1, const float* m, const float* a, int64_t J, int64_t C) {
-  aggregate_bwd<float>(dh0, dh1, dm, da, g1, dpre, h0, h1, m, a, J, C);
-}
-inline void agg_bwd_f64(double* dh0, double* dh1, double* dm, double* da, double* g1, const double* dpre,
-                        const double* h0, const double* h1, const double* m, const double* a, int64_t J, int64_t C) {
-  aggregate_bwd<double>(dh0, dh1, dm, da, g1, dpre, h0, h1, m, a, J, C);
+template <typename T>
+RowsOf<T> rows_table() {
+  return {epilogue_row_fwd<T>, epilogue_row_bwd<T>, aggregate_fwd<T>, aggregate_bwd<T>};
 }
 
 }  // namespace DP_ROWS_NS
+
+// The dispatch table of this instruction set (mgcn_rows_base(), mgcn_rows_avx2(), ...).
+MgcnRows DP_ROWS_FACTORY() {
+  return {DP_ROWS_NS::rows_table<float>(), DP_ROWS_NS::rows_table<double>(), DP_ROWS_ISA};
+}
 }  // namespace diffupose
