@@ -230,6 +230,8 @@ def main(argv=None):
     p.add_argument("--table6", action="store_true", help="reproduce Table VI (FPS and MPJPE vs steps)")
     p.add_argument("--checkpoint", default=None, help="checkpoint for --table6 (default: the shipped one)")
     p.add_argument("--dataset", default="cmu", help="dataset for --table6: cmu (embedded), h36m, humaneva")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="--table6: test rows lifted, spread evenly (default: all on a GPU, 1000 on the CPU; 0: all)")
     p.add_argument("--data-dir", default=None, help="folder with the dataset's .npz files (h36m, humaneva)")
     p.add_argument("--json", default=None, help="write the rows and the environment to this file")
     args = p.parse_args(argv)
