@@ -139,3 +139,20 @@ def test_captured_graph_batches_are_padded_to_one_size(tiny, cmu, monkeypatch):
     sizes.clear()
     E.predict(model, diffusion, test, n_hyp=2, batch_frames=32)  # one batch: its own size
     assert sizes == [20]
+
+
+def test_table6_rows(tiny, tmp_path, capsys):
+    """Table VI: a row per (steps, N), DDPM at T, finite MPJPE, on a subsample of the test split."""
+    from types import SimpleNamespace
+
+    from diffupose.checkpoint import save_checkpoint
+
+    model, diffusion = tiny
+    save_checkpoint(tmp_path / "tiny", model, diffusion.cfg, dataset={"name": "test"})
+    args = SimpleNamespace(checkpoint=str(tmp_path / "tiny"), dataset="cmu", data_dir=None, backend="reference",
+                           max_frames=12)
+    rows = E.table6(args, torch.device("cpu"))
+    assert [(r["steps"], r["sampler"], r["hyp"]) for r in rows] == [
+        (s, "ddpm" if s == diffusion.T else "ddim", n) for s in (2, 5, 10, 20, diffusion.T) for n in (1, 10)]
+    assert all(np.isfinite(r["mpjpe"]) and r["fps"] > 0 for r in rows)
+    assert "Table VI on 12 of" in capsys.readouterr().out
