@@ -43,7 +43,7 @@
 namespace diffupose {
 
 // ---------------------------------------------------------------------------------------------
-// instruction-set dispatch of the epilogue rows (cpu/mgcn_rows.h)
+// instruction-set dispatch of the inner loops: aggregation and epilogue rows (cpu/mgcn_rows.h)
 // ---------------------------------------------------------------------------------------------
 static MgcnRows best_rows() {
 #if defined(__x86_64__)
