@@ -45,43 +45,96 @@ namespace diffupose {
 // ---------------------------------------------------------------------------------------------
 // instruction-set dispatch of the inner loops: aggregation and epilogue rows (cpu/mgcn_rows.h)
 // ---------------------------------------------------------------------------------------------
-static MgcnRows best_rows() {
+// The factories mgcn_rows_avx2() / mgcn_rows_avx512() are themselves compiled for their
+// instruction set (building the table may already use its registers), so they are called in one
+// place only, rows_for(), and only after cpu_has() says the CPU runs that set. cpu_has() also
+// honours a cap set by a test (set_cpu_isa_limit), so a machine with AVX-512 can check that an
+// AVX2-only CPU never reaches AVX-512 code (tests/ops/test_mgcn.py counts the factory calls).
+namespace {
+enum class Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
+constexpr const char* kIsaNames[] = {"base", "avx2", "avx512"};
+
+bool parse_isa(const std::string& name, Isa* out) {
+  for (int i = 0; i < 3; ++i)
+    if (name == kIsaNames[i]) {
+      *out = static_cast<Isa>(i);
+      return true;
+    }
+  return false;
+}
+
+Isa cpu_best_isa() {  // what the hardware reports; baseline code only
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq"))
-    return mgcn_rows_avx512();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return mgcn_rows_avx2();
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
-  return mgcn_rows_base();
+  return Isa::kBase;
 }
 
-static MgcnRows& rows_slot() {
+Isa& isa_limit() {  // the cap of a test; the hardware's best by default
+  static Isa limit = cpu_best_isa();
+  return limit;
+}
+
+bool cpu_has(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(std::min(cpu_best_isa(), isa_limit())); }
+
+int64_t g_factory_calls[3] = {0, 0, 0};  // per instruction set, for the test above
+
+// The only caller of the factories.
+bool rows_for(Isa isa, MgcnRows* out) {
+  if (!cpu_has(isa)) return false;
+  ++g_factory_calls[static_cast<int>(isa)];
+  switch (isa) {
+#if defined(__x86_64__)
+    case Isa::kAvx512: *out = mgcn_rows_avx512(); return true;
+    case Isa::kAvx2: *out = mgcn_rows_avx2(); return true;
+#endif
+    default: *out = mgcn_rows_base(); return true;
+  }
+}
+
+MgcnRows best_rows() {
+  MgcnRows r;
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2})
+    if (rows_for(isa, &r)) return r;
+  rows_for(Isa::kBase, &r);
+  return r;
+}
+
+MgcnRows& rows_slot() {
   static MgcnRows r = best_rows();
   return r;
 }
+}  // namespace
 
 const MgcnRows& mgcn_rows() { return rows_slot(); }
 
 // Testing hook (diffupose._C.set_cpu_isa): run the kernels with a narrower instruction set than
 // the CPU has, so each compiled version is tested on a machine that can run it. Returns false
-// (and changes nothing) for a set the CPU lacks or an unknown name.
+// (and changes nothing, calls nothing compiled for it) for a set the CPU lacks or an unknown name.
 bool set_mgcn_cpu_isa(const std::string& name) {
-  const MgcnRows best = best_rows();
+  Isa isa;
   MgcnRows want;
-  if (name == "base") want = mgcn_rows_base();
-#if defined(__x86_64__)
-  else if (name == "avx2") want = mgcn_rows_avx2();
-  else if (name == "avx512") want = mgcn_rows_avx512();
-#endif
-  else return false;
-  const auto rank = [](const char* isa) {
-    const std::string s(isa);
-    return s == "avx512" ? 2 : (s == "avx2" ? 1 : 0);
-  };
-  if (rank(want.isa) > rank(best.isa)) return false;
+  if (!parse_isa(name, &isa) || !rows_for(isa, &want)) return false;
   rows_slot() = want;
   return true;
+}
+
+// Testing hook (diffupose._C.set_cpu_isa_limit): behave as a CPU whose widest instruction set is
+// `name` (never wider than the hardware's); the rows in use fall back to the best under the cap.
+bool set_mgcn_cpu_isa_limit(const std::string& name) {
+  Isa isa;
+  if (!parse_isa(name, &isa)) return false;
+  isa_limit() = std::min(isa, cpu_best_isa());
+  rows_slot() = best_rows();
+  return true;
+}
+
+std::vector<int64_t> mgcn_cpu_isa_factory_calls() {
+  return std::vector<int64_t>(g_factory_calls, g_factory_calls + 3);
 }
 
 std::string mgcn_cpu_isa() { return mgcn_rows().isa; }

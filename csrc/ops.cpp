@@ -31,6 +31,8 @@ TORCH_LIBRARY(diffupose, m) {
 
 namespace diffupose {
 bool set_mgcn_cpu_isa(const std::string& name);  // mgcn_cpu.cpp
+bool set_mgcn_cpu_isa_limit(const std::string& name);
+std::vector<int64_t> mgcn_cpu_isa_factory_calls();
 std::string mgcn_cpu_isa();
 }  // namespace diffupose
 
@@ -48,4 +50,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", &diffupose::mgcn_cpu_isa, "instruction set of the CPU graph convolution's epilogue rows");
   m.def("set_cpu_isa", &diffupose::set_mgcn_cpu_isa,
         "testing: use 'base', 'avx2' or 'avx512' rows; false if this CPU lacks it");
+  m.def("set_cpu_isa_limit", &diffupose::set_mgcn_cpu_isa_limit,
+        "testing: behave as a CPU whose widest instruction set is 'base', 'avx2' or 'avx512'");
+  m.def("cpu_isa_factory_calls", &diffupose::mgcn_cpu_isa_factory_calls,
+        "testing: how often the base / avx2 / avx512 dispatch tables were built");
 }
