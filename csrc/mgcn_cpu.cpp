@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <string>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -48,8 +49,9 @@ namespace diffupose {
 // The factories mgcn_rows_avx2() / mgcn_rows_avx512() are themselves compiled for their
 // instruction set (building the table may already use its registers), so they are called in one
 // place only, rows_for(), and only after cpu_has() says the CPU runs that set. cpu_has() also
-// honours a cap set by a test (set_cpu_isa_limit), so a machine with AVX-512 can check that an
-// AVX2-only CPU never reaches AVX-512 code (tests/ops/test_mgcn.py counts the factory calls).
+// honours a cap (set_cpu_isa_limit in a test, DIFFUPOSE_CPU_ISA_MAX=avx2 for a whole run), so a
+// machine with AVX-512 can check that an AVX2-only CPU never reaches AVX-512 code
+// (tests/ops/test_cpu_isa.py counts the factory calls).
 namespace {
 enum class Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
 constexpr const char* kIsaNames[] = {"base", "avx2", "avx512"};
@@ -74,8 +76,13 @@ Isa cpu_best_isa() {  // what the hardware reports; baseline code only
   return Isa::kBase;
 }
 
-Isa& isa_limit() {  // the cap of a test; the hardware's best by default
-  static Isa limit = cpu_best_isa();
+Isa& isa_limit() {  // the cap of a test; DIFFUPOSE_CPU_ISA_MAX, else the hardware's best
+  static Isa limit = [] {
+    Isa cap = cpu_best_isa();
+    const char* env = std::getenv("DIFFUPOSE_CPU_ISA_MAX");
+    if (env != nullptr && parse_isa(env, &cap)) cap = std::min(cap, cpu_best_isa());
+    return cap;
+  }();
   return limit;
 }
 
