@@ -1,7 +1,7 @@
 """Reading .npz archives whose members may be pickled object arrays (the VideoPose3D layout
 stores its dicts that way) without ever running code from the file.
 
-`np.load(..., allow_pickle=True)` hands the pickle to Python's unpickler, which calls whatever
+np.load, when it is allowed pickles, hands them to Python's unpickler, which calls whatever
 global the pickle names: a crafted data_2d_*.npz can run os.system. Here each member's .npy
 header is read with numpy's own header parser (a literal, never evaluated), a plain numeric
 member is read with `allow_pickle=False`, and an object member's pickle goes through

@@ -5,8 +5,8 @@ one-line refusal wherever it is handed in:
   (or stream forever), so only regular files (or links to them) are opened;
 - `parse_json`: JSON nested deeper than Python's recursion limit, integers of thousands of digits
   and non-UTF text are refusals naming the file, not a RecursionError or a traceback;
-- `open_text`: text (CSV, ...) in UTF-8, or UTF-16 / UTF-32 with a byte-order mark (what
-  spreadsheets write as "Unicode text"); a decoding error names the file and line;
+- `open_text`: text (CSV, ...) in UTF-8, or UTF-16 / UTF-32 (what spreadsheets write as "Unicode
+  text"); a decoding error names the file and line;
 - `check_finite`: numbers that are NaN, infinite or beyond a sane magnitude (a 1e300 in a mocap
   channel, 1e30 in a lift output) are refused before they become inf/NaN poses or garbage plots.
 
@@ -85,10 +85,19 @@ _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (code
 
 
 def text_encoding(path: Path) -> str:
-    """The encoding of a text file: from its byte-order mark, else UTF-8."""
+    """The encoding of a text file: from its byte-order mark; else UTF-16 where the first
+    characters are ASCII with a zero byte beside each (UTF-16 saved without a mark; such bytes are
+    valid UTF-8, so decoding would not fail: it would read NULs); else UTF-8."""
     with open(path, "rb") as f:
         head = f.read(4)
-    return next((enc for bom, enc in _BOMS if head.startswith(bom)), "utf-8")
+    bom = next((enc for bom, enc in _BOMS if head.startswith(bom)), None)
+    if bom:
+        return bom
+    if len(head) == 4 and head[1] == head[3] == 0 and head[0] and head[2]:
+        return "utf-16-le"
+    if len(head) == 4 and head[0] == head[2] == 0 and head[1] and head[3]:
+        return "utf-16-be"
+    return "utf-8"
 
 
 def open_text(path: Path, newline: Optional[str] = None) -> IO[str]:
