@@ -11,7 +11,10 @@ detector's score):
 - .npy (memory-mapped, so a huge file is not read at once), .npz (the array named "keypoints",
   or the only array): numeric [frames, joints, 2 or 3]. Pickled object arrays are refused.
 - .csv / .txt / .tsv: one row per frame, x,y[,score] per joint, an optional header row (a first
-  column named frame / image_id / index ... holds frame ids); comma, tab or space separated.
+  column named frame / image_id / index ... holds frame ids); comma, tab or space separated;
+  UTF-8, or UTF-16 / UTF-32 (data.user_files.open_text).
+Every reader opens regular files only (a FIFO or device named .json would block it) and reports
+a file it cannot read as one KeypointError line naming it.
 
 Layouts: coco17 (COCO order), h36m17 (the Human3.6M / VideoPose3D order of the models), h36m16
 (no nose), humaneva15. `convert_layout` maps COCO to Human3.6M approximately (see COCO_TO_H36M17):
@@ -808,8 +811,9 @@ def read_lift_output(path: PathLike) -> LiftOutput:
     if not isinstance(meta, dict):
         raise KeypointError(f"{what} (meta is a {type(meta).__name__}, not an object)")
     for k in _OUTPUT_KEYS:
-        if arr[k].dtype.kind not in "fiub":
-            raise KeypointError(f"{what} ({k} holds {arr[k].dtype}, not numbers)")
+        if arr[k].dtype.kind not in ("iu" if k == "frame_index" else "fiub"):
+            raise KeypointError(f"{what} ({k} holds {arr[k].dtype}, not {'whole ' if k == 'frame_index' else ''}"
+                                "numbers)")
     out = LiftOutput(**arr, joint_names=names, meta=meta, path=path)
     F, N, J = out.hypotheses.shape[:3] if out.hypotheses.ndim == 4 else (0, 0, 0)
     if out.hypotheses.ndim != 4 or out.pose3d.shape != (F, J, 3) or len(names) != J or out.pose2d.shape != (F, J, 2):

@@ -143,6 +143,14 @@ def refused(argv, capsys, names, marker=None, outdir=None, runner=cli.main, pref
     return line
 
 
+def lift_refused(tmp_path, keypoints, ckpt, capsys, marker=None):
+    """`diffupose lift KEYPOINTS` refused, writing nothing to its (fresh) output folder."""
+    out = tmp_path / "out"
+    out.mkdir()
+    return refused(["lift", keypoints, "--image-size", W, H, "-o", out / "poses.npz", "--checkpoint", ckpt], capsys,
+                   keypoints, marker, out)
+
+
 def eval_argv(ckpt, data_dir, *more):
     return ["eval", "--checkpoint", ckpt, "--data-dir", data_dir, "--max-frames", "8", "-n", "1", "--steps", "1",
             "--backend", "reference", "-q", *more]
@@ -185,6 +193,14 @@ def test_eval_humaneva_metadata_payload(tmp_path, ckpt, marker, capsys):
             fake.paths["2d"], marker)
 
 
+def test_eval_metadata_num_joints_not_a_number(tmp_path, ckpt, capsys):
+    data = fake_cmu(tmp_path / "cmu")
+    p = data.data_dir / "data_2d_cmu_gt.npz"
+    pos = load_npz(p, ["positions_2d"])["positions_2d"]
+    np.savez(p, positions_2d=pos, metadata={"layout_name": "h36m", "num_joints": "seventeen"})
+    assert "num_joints" in refused(eval_argv(ckpt, data.data_dir), capsys, p)
+
+
 @pytest.mark.parametrize("which", ["3d", "2d"])
 def test_train_loaders_payload(tmp_path, marker, which, capsys):
     fake = fake_h36m(tmp_path / "h36m", subjects=("S1", "S9"))
@@ -211,10 +227,7 @@ def test_lift_pickled_keypoints(tmp_path, ckpt, marker, ext, capsys):
     else:
         evil = tmp_path / "kp.npy"
         evil.write_bytes(object_npy(payload("os.system", marker)))
-    out = tmp_path / "out"
-    out.mkdir()
-    line = refused(["lift", evil, "--image-size", W, H, "-o", out / "poses.npz", "--checkpoint", ckpt], capsys,
-                   evil, marker, out)
+    line = lift_refused(tmp_path, evil, ckpt, capsys, marker)
     assert "pickled objects are refused" in line
 
 
@@ -281,19 +294,14 @@ def test_no_allow_pickle_true_left_in_the_package():
 def test_lift_deeply_nested_json(tmp_path, ckpt, capsys):
     p = tmp_path / "kp.json"
     p.write_text(deep_json())
-    out = tmp_path / "out"
-    out.mkdir()
-    line = refused(["lift", p, "--image-size", W, H, "-o", out / "poses.npz", "--checkpoint", ckpt], capsys, p,
-                   outdir=out)
+    line = lift_refused(tmp_path, p, ckpt, capsys)
     assert "nested too deeply" in line
 
 
 def test_lift_json_with_a_huge_integer(tmp_path, ckpt, capsys):
     p = tmp_path / "kp.json"
     p.write_text('[{"keypoints": [' + "9" * 5000 + "]}]")
-    out = tmp_path / "out"
-    out.mkdir()
-    refused(["lift", p, "--image-size", W, H, "-o", out / "poses.npz", "--checkpoint", ckpt], capsys, p, outdir=out)
+    lift_refused(tmp_path, p, ckpt, capsys)
 
 
 def _csv_text(n=6):
@@ -320,30 +328,21 @@ def test_lift_csv_that_is_not_utf8(tmp_path, ckpt, how, capsys):
         p.write_bytes(("caméra " + _csv_text()).encode("latin-1"))
     else:
         p.write_bytes(_csv_text().encode() + b"\xff\xfe\x00garbage\n")
-    out = tmp_path / "out"
-    out.mkdir()
-    line = refused(["lift", p, "--image-size", W, H, "-o", out / "poses.npz", "--checkpoint", ckpt], capsys, p,
-                   outdir=out)
+    line = lift_refused(tmp_path, p, ckpt, capsys)
     assert f"{p}:" in line and "UTF-8" in line
 
 
 @pytest.mark.parametrize("ext", [".json", ".csv", ".npy", ".npz"])
 def test_lift_fifo_input(tmp_path, ckpt, ext, capsys):
     p = make_fifo(tmp_path / f"kp{ext}")
-    out = tmp_path / "out"
-    out.mkdir()
-    line = refused(["lift", p, "--image-size", W, H, "-o", out / "poses.npz", "--checkpoint", ckpt], capsys, p,
-                   outdir=out)
+    line = lift_refused(tmp_path, p, ckpt, capsys)
     assert "FIFO" in line
 
 
 def test_lift_device_named_json(tmp_path, ckpt, capsys):
     p = tmp_path / "kp.json"
     p.symlink_to("/dev/zero")  # endless bytes: a reader would never finish
-    out = tmp_path / "out"
-    out.mkdir()
-    line = refused(["lift", p, "--image-size", W, H, "-o", out / "poses.npz", "--checkpoint", ckpt], capsys, p,
-                   outdir=out)
+    line = lift_refused(tmp_path, p, ckpt, capsys)
     assert "character device" in line
 
 
@@ -442,6 +441,13 @@ def test_viz_refuses_broken_values(tmp_path, bad, capsys):
         assert "row 2" in line
     out_gif = refused(["viz", p, "-o", out / "c.gif", "-q"], capsys, p, outdir=out)
     assert field in out_gif
+
+
+def test_viz_frame_index_not_whole_numbers(tmp_path, capsys):
+    p = lift_output(tmp_path / "poses.npz", frame_index=np.array([0.0, np.nan, 2.0, 3.0]))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert "frame_index" in refused(["viz", p, "-o", out / "f.png"], capsys, p, outdir=out)
 
 
 def test_viz_bad_lift_files(tmp_path, capsys):

@@ -17,7 +17,9 @@ Conventions (see /work/shared/data/cmu-mocap/README.md and diffupose/assets/cmu/
 * Both formats here are Y up. Z up is obtained by a proper rotation of +90 degrees about X,
   (x, y, z) -> (x, -z, y), so handedness, and with it left and right, is kept.
 
-Malformed input raises `MocapFormatError`, a ValueError whose message starts with `file:line:`.
+Malformed input raises `MocapFormatError`, a ValueError whose message starts with `file:line:`;
+so does a number that is NaN, infinite or beyond MAX_MOCAP_VALUE (it would turn into inf / NaN
+joints), checked where it is read.
 """
 from __future__ import annotations
 

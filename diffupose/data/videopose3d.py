@@ -117,6 +117,9 @@ def load_positions_2d(path: PathLike) -> tuple[Positions2D, dict, int]:
     meta = raw.get("metadata", {})
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: metadata is a {type(meta).__name__}, expected a dict")
+    if "num_joints" in meta and (not isinstance(meta["num_joints"], (int, np.integer))
+                                 or isinstance(meta["num_joints"], bool)):
+        raise ValueError(f"{path}: metadata num_joints is {meta['num_joints']!r}, expected a whole number")
     if "num_joints" in meta and int(meta["num_joints"]) != J:
         raise ValueError(f"{path}: metadata says num_joints={meta['num_joints']} but the keypoints have {J} joints")
     return data, meta, J
