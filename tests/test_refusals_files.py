@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -620,7 +621,7 @@ def test_shared_checks(tmp_path):
 def test_fifo_refused_even_by_a_subprocess_of_the_real_command(tmp_path):
     """The installed entry point (python -m diffupose), not just main(): a FIFO must not block it."""
     fifo = make_fifo(tmp_path / "kp.json")
-    r = subprocess.run([os.sys.executable, "-m", "diffupose", "lift", str(fifo), "--image-size", "10", "10",
+    r = subprocess.run([sys.executable, "-m", "diffupose", "lift", str(fifo), "--image-size", "10", "10",
                         "-o", str(tmp_path / "o.npz")], capture_output=True, text=True, timeout=60,
                        cwd=Path(__file__).resolve().parent.parent)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "FIFO" in r.stderr, r.stderr

@@ -60,8 +60,6 @@ def _check_array(arr, path: Path, where: str, last: int, joints: int | None) -> 
         raise ValueError(f"{path}: {where} has dtype {arr.dtype}; expected floating point")
     if joints is not None and arr.shape[1] != joints:
         raise ValueError(f"{path}: {where} has {arr.shape[1]} joints, other entries of the file have {joints}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: {where} contains NaN or infinite values")
     check_finite(arr, f"{path}: {where}", MAX_WORLD_METRES if last == 3 else MAX_PIXELS, error=ValueError,
                  unit=" m" if last == 3 else " px")
     return arr
