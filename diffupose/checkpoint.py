@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -158,4 +159,11 @@ def load_training_state(path: PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the safe unpickler refuses anything but tensors and plain containers
-        raise CheckpointError(f"{path} is not a readable training state ({type(e).__name__}: {e})") from None
+        # torch's refusal is a page of advice (ending in "set weights_only=False", which would run the
+        # payload): keep the one fact that matters, on one line
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if refused:
+            raise CheckpointError(f"{path} is not a readable training state: refused, its pickle calls "
+                                  f"{refused.group(1)} (a training state holds only tensors and plain containers)") from None
+        raise CheckpointError(f"{path} is not a readable training state ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]})") from None

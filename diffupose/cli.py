@@ -898,6 +898,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _describe(e: Exception, args) -> str:
     """One line for any exception: ours carry their message; the rest say what kind they are."""
     from .checkpoint import CheckpointError
+    from .data.user_files import UserFileError
     from .keypoints import KeypointError
 
     try:
@@ -909,7 +910,7 @@ def _describe(e: Exception, args) -> str:
     if isinstance(e, oom) or isinstance(e, MemoryError):
         return (f"out of memory with --batch-size {getattr(args, 'batch_size', None) or 'default'} x "
                 f"{getattr(args, 'hypotheses', '?')} hypotheses; lower --batch-size")
-    if isinstance(e, (CliError, KeypointError, CheckpointError)):
+    if isinstance(e, (CliError, KeypointError, CheckpointError, UserFileError)):
         text = str(e)
     elif isinstance(e, OSError):
         text = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")

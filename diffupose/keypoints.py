@@ -11,7 +11,10 @@ detector's score):
 - .npy (memory-mapped, so a huge file is not read at once), .npz (the array named "keypoints",
   or the only array): numeric [frames, joints, 2 or 3]. Pickled object arrays are refused.
 - .csv / .txt / .tsv: one row per frame, x,y[,score] per joint, an optional header row (a first
-  column named frame / image_id / index ... holds frame ids); comma, tab or space separated.
+  column named frame / image_id / index ... holds frame ids); comma, tab or space separated;
+  UTF-8, or UTF-16 / UTF-32 (data.user_files.open_text).
+Every reader opens regular files only (a FIFO or device named .json would block it) and reports
+a file it cannot read as one KeypointError line naming it.
 
 Layouts: coco17 (COCO order), h36m17 (the Human3.6M / VideoPose3D order of the models), h36m16
 (no nose), humaneva15. `convert_layout` maps COCO to Human3.6M approximately (see COCO_TO_H36M17):
@@ -34,6 +37,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from .data.user_files import decoding_error, open_text, parse_json, require_regular_file
 from .skeleton import H36M16, H36M17, SKELETONS
 
 PathLike = Union[str, Path]
@@ -177,11 +181,7 @@ def _one_line(text: str) -> str:
 
 def read_keypoints(path: PathLike, key: Optional[str] = None) -> Keypoints:
     """Read a keypoint file by its extension (see the module doc); raises KeypointError."""
-    path = Path(path)
-    if not path.exists():
-        raise KeypointError(f"input not found: {path}")
-    if path.is_dir():
-        raise KeypointError(f"input {path} is a directory, not a keypoint file")
+    path = require_regular_file(path, "input", error=KeypointError, missing=KeypointError)
     ext = path.suffix.lower()
     try:
         if ext == ".json":
@@ -254,18 +254,39 @@ def _read_npz(path: Path, key: Optional[str]) -> Keypoints:
     return Keypoints(a, path, "npz")
 
 
+def _numbered_rows(path: Path, reader) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) of a CSV reader, a byte that is not text in the file's encoding (a
+    UTF-16 file without a byte-order mark, binary data) named by its line."""
+    lineno = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as e:
+            raise decoding_error(path, lineno + 1, e, KeypointError) from None
+        except csv.Error as e:
+            raise KeypointError(f"{path}:{lineno + 1}: not readable as CSV ({_one_line(e)})") from None
+        lineno += 1
+        yield lineno, row
+
+
 _FRAME_COLUMNS = ("frame", "frame_id", "frame_index", "image_id", "image", "index", "idx", "time", "t",
                   "timestamp")
 
 
 def _read_csv(path: Path) -> Keypoints:
-    text_head = path.open("r", errors="replace").readline()
+    with open_text(path) as f:
+        try:
+            text_head = f.readline()
+        except UnicodeDecodeError as e:
+            raise decoding_error(path, 1, e, KeypointError) from None
     delim = "," if "," in text_head else ("\t" if "\t" in text_head else None)
     rows: list[list[float]] = []
     header: Optional[list[str]] = None
-    with path.open("r", newline="") as f:
+    with open_text(path, newline="") as f:
         reader = csv.reader(f, delimiter=delim) if delim else (line.split() for line in f)
-        for lineno, row in enumerate(reader, 1):
+        for lineno, row in _numbered_rows(path, reader):
             row = [c.strip() for c in row]
             if not row or all(c == "" for c in row):
                 continue
@@ -297,10 +318,7 @@ def _read_csv(path: Path) -> Keypoints:
 
 
 def _read_json(path: Path) -> Keypoints:
-    try:
-        doc = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise KeypointError(f"{path}: not valid JSON ({_one_line(e)})") from None
+    doc = parse_json(path.read_bytes(), str(path), KeypointError)
     if isinstance(doc, dict):
         if isinstance(doc.get("annotations"), list):
             doc = doc["annotations"]
@@ -715,6 +733,7 @@ class LiftOutput:
     joint_names: tuple[str, ...]
     meta: dict
     frame_id: Optional[np.ndarray] = None  # [F] the input's own ids (COCO image_id), if it had them
+    path: Optional[Path] = None  # the file it was read from (named in errors)
 
 
 def npz_member_memmap(path: PathLike, name: str) -> Optional[np.ndarray]:
@@ -758,13 +777,11 @@ def read_lift_output(path: PathLike) -> LiftOutput:
     """Read what `diffupose lift` wrote (.npz or .json); raises KeypointError if it is not that."""
     import zipfile
 
-    path = Path(path)
-    if not path.is_file():
-        raise KeypointError(f"lift output not found: {path}")
+    path = require_regular_file(path, "lift output", error=KeypointError, missing=KeypointError)
     what = f"{path} is not a diffupose lift output"
     try:
         if path.suffix.lower() == ".json":
-            doc = json.loads(path.read_bytes())
+            doc = parse_json(path.read_bytes(), str(path), KeypointError)
             if not isinstance(doc, dict) or doc.get("format") != "diffupose-lift":
                 raise KeypointError(f"{what} (no \"format\": \"diffupose-lift\")")
             frames = doc["frames"]
@@ -780,7 +797,8 @@ def read_lift_output(path: PathLike) -> LiftOutput:
                 missing = [k for k in _OUTPUT_KEYS + ("joint_names", "meta") if k not in z.files]
                 if missing:
                     raise KeypointError(f"{what} (missing {', '.join(missing)})")
-                names, meta = tuple(str(n) for n in z["joint_names"]), json.loads(str(z["meta"]))
+                names, meta = tuple(str(n) for n in z["joint_names"]), parse_json(str(z["meta"]), f"{path}[meta]",
+                                                                                     KeypointError)
                 keys = [k for k in _OUTPUT_KEYS + ("frame_id",) if k in z.files]
                 arr = {k: npz_member_memmap(path, k) for k in keys}
                 arr = {k: (z[k] if a is None else a) for k, a in arr.items()}
@@ -790,7 +808,13 @@ def read_lift_output(path: PathLike) -> LiftOutput:
         if isinstance(e, KeypointError):
             raise
         raise KeypointError(f"{what} ({_one_line(e)})") from None
-    out = LiftOutput(**arr, joint_names=names, meta=meta)
+    if not isinstance(meta, dict):
+        raise KeypointError(f"{what} (meta is a {type(meta).__name__}, not an object)")
+    for k in _OUTPUT_KEYS:
+        if arr[k].dtype.kind not in ("iu" if k == "frame_index" else "fiub"):
+            raise KeypointError(f"{what} ({k} holds {arr[k].dtype}, not {'whole ' if k == 'frame_index' else ''}"
+                                "numbers)")
+    out = LiftOutput(**arr, joint_names=names, meta=meta, path=path)
     F, N, J = out.hypotheses.shape[:3] if out.hypotheses.ndim == 4 else (0, 0, 0)
     if out.hypotheses.ndim != 4 or out.pose3d.shape != (F, J, 3) or len(names) != J or out.pose2d.shape != (F, J, 2):
         raise KeypointError(f"{what} (inconsistent array shapes)")

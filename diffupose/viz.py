@@ -19,9 +19,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .data.user_files import UserFileError, check_finite
 from .keypoints import LiftOutput
 
 MAX_GIF_FRAMES = 1500  # Pillow keeps every frame in memory until the file is written
+# A lift output is root-relative metres: a value beyond this is a broken file, not a pose (drawn,
+# it would be a blank or garbage figure; NaN stops matplotlib with an error of its own).
+MAX_POSE_METRES = 100.0
+MAX_KEYPOINT_2D = 1e6  # pixels or normalised screen units
 LEFT, RIGHT, CENTRE = "#1f77b4", "#d62728", "#444444"
 
 
@@ -63,6 +68,7 @@ class FramePainter:
         from mpl_toolkits.mplot3d import Axes3D  # noqa: F401 (registers the 3d projection)
 
         self.res, self.max_hyp, self.elev, self.azim = res, max_hyp, elev, azim
+        check_drawable(res, rows, max_hyp)
         self.bones = _bones(res.joint_names, _parents(res))
         self.fig = Figure(figsize=figsize, dpi=dpi)
         FigureCanvasAgg(self.fig)
@@ -148,6 +154,21 @@ class FramePainter:
             fid += f" (id {res.frame_id[row]})"
         self.fig.suptitle(f"{fid}  |  mean spread {spread_cm.mean():.1f} cm  |  {int(weak.sum())} weak joints",
                           fontsize=11)
+
+
+def check_drawable(res: LiftOutput, rows: Sequence[int], max_hyp: int) -> None:
+    """The rows to draw hold finite poses of a sane size (only those rows are read: a long output
+    stays memory-mapped); else UserFileError naming the file and the first bad row."""
+    rows = np.asarray(rows, dtype=np.int64)
+    parts = (("pose3d", res.pose3d, MAX_POSE_METRES), ("spread", res.spread, MAX_POSE_METRES),
+             ("hypotheses", res.hypotheses, MAX_POSE_METRES), ("keypoints2d", res.keypoints2d, MAX_KEYPOINT_2D))
+    for name, arr, limit in parts:
+        a = np.asarray(arr[rows] if name != "hypotheses" else arr[rows][:, :max(max_hyp, 1)], dtype=np.float64)
+        ok = (np.isfinite(a) & (np.abs(a) <= limit)).reshape(len(rows), -1).all(-1)
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            check_finite(a[i], f"{res.path or 'lift output'}: row {int(rows[i])}: {name}", limit,
+                         error=UserFileError)
 
 
 def _rect(w: float, h: float):

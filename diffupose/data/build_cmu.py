@@ -12,6 +12,7 @@ h36m_cameras.json form, extrinsics per subject).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -96,7 +97,8 @@ def import_mocap(inputs: Iterable[str | Path], out_dir: str | Path, name: str, *
     if not files:
         raise ValueError(f"import_mocap: no .amc or .bvh files in {list(map(str, inputs))}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"import_mocap: output {out_dir} exists and is not a folder")
 
     skeletons: dict[Path, AsfSkeleton] = {}
     clips: dict[str, dict[str, MocapClip]] = {}
@@ -111,6 +113,8 @@ def import_mocap(inputs: Iterable[str | Path], out_dir: str | Path, name: str, *
             clip = load_asf_amc(skeletons[a], f, step=step, fps=amc_fps, name=action)
         else:
             clip = load_bvh(f, scale=bvh_scale, name=action, target_fps=fps)  # the file gives its rate
+        if not np.isfinite(clip.h36m17).all():  # the parsers refuse bad numbers; this guards the kinematics
+            raise ValueError(f"{f}: forward kinematics gives NaN or infinite joint positions")
         if action in clips.get(subj, {}):
             raise ValueError(f"import_mocap: two files give subject {subj} action {action}: {f}")
         clips.setdefault(subj, {})[action] = clip
@@ -136,16 +140,34 @@ def import_mocap(inputs: Iterable[str | Path], out_dir: str | Path, name: str, *
 
     paths = {"3d": out_dir / f"data_3d_{name}.npz", "2d_gt": out_dir / f"data_2d_{name}_gt.npz",
              "cameras": out_dir / f"cameras_{name}.json"}
-    np.savez_compressed(paths["3d"], positions_3d=positions_3d)
-    np.savez_compressed(paths["2d_gt"], positions_2d=gt2d, metadata=METADATA)
     if detections:
         paths["2d_det"] = out_dir / f"data_2d_{name}_det.npz"
-        np.savez_compressed(paths["2d_det"], positions_2d=det2d, metadata=METADATA)
-    save_cameras(paths["cameras"], cameras, description=(
-        f"Virtual H36M-like cameras for the '{name}' mocap import: intrinsics of the four Human3.6M "
-        "cameras; extrinsics per subject placed around its capture area by "
-        "diffupose.data.virtual_cameras.place_rig. orientation: quaternion (w, x, y, z) camera to "
-        "world; translation_mm: camera centre in world millimetres (world: Z up)."))
+    # Everything is parsed and computed before the output folder is touched; a failure while
+    # writing removes what this call wrote, and the folders it made: no half dataset, no empty folder.
+    made = [d for d in [out_dir, *out_dir.parents] if not d.exists()]
+    written: list[Path] = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written.append(paths["3d"])
+        np.savez_compressed(paths["3d"], positions_3d=positions_3d)
+        written.append(paths["2d_gt"])
+        np.savez_compressed(paths["2d_gt"], positions_2d=gt2d, metadata=METADATA)
+        if detections:
+            written.append(paths["2d_det"])
+            np.savez_compressed(paths["2d_det"], positions_2d=det2d, metadata=METADATA)
+        written.append(paths["cameras"])
+        save_cameras(paths["cameras"], cameras, description=(
+            f"Virtual H36M-like cameras for the '{name}' mocap import: intrinsics of the four Human3.6M "
+            "cameras; extrinsics per subject placed around its capture area by "
+            "diffupose.data.virtual_cameras.place_rig. orientation: quaternion (w, x, y, z) camera to "
+            "world; translation_mm: camera centre in world millimetres (world: Z up)."))
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        for d in made:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     return {"paths": {k: str(v) for k, v in paths.items()},
             "frames": {s: {a: c.num_frames for a, c in acts.items()} for s, acts in clips.items()},
             "fps": sorted(rates)}

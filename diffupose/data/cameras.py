@@ -15,6 +15,8 @@ from typing import Union
 
 import numpy as np
 
+from .user_files import check_finite, read_json_file
+
 PathLike = Union[str, Path]
 H36M_CAMERAS_JSON = Path(__file__).resolve().parent.parent / "assets" / "h36m_cameras.json"
 
@@ -122,35 +124,69 @@ def image_coordinates(X: np.ndarray, w: int, h: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------------------------
+# Plausibility bounds of a camera file's numbers (beyond them a value is a corrupt file or a unit
+# mistake): pixels for centres, focal lengths and resolutions; millimetres for positions.
+MAX_CAMERA_PIXELS = 1e6
+MAX_CAMERA_MM = 1e7
+
+
+def _vector(value, n: int, where: str, limit: float) -> np.ndarray:
+    try:
+        a = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected {n} numbers, got {str(value)[:60]}") from None
+    if a.shape != (n,):
+        raise ValueError(f"{where}: expected {n} numbers, got shape {a.shape}")
+    check_finite(a, where, limit, error=ValueError)
+    return a
+
+
+def _resolution(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or not 0 < value <= MAX_CAMERA_PIXELS:
+        raise ValueError(f"{where}: expected a positive whole number of pixels, got {value!r}")
+    return int(value)
+
+
 def load_cameras(path: PathLike = H36M_CAMERAS_JSON) -> dict[str, list[Camera]]:
     """subject -> its cameras, in file order, from a JSON in the h36m_cameras.json form
-    (intrinsics: list per camera; extrinsics: subject -> list of {orientation, translation_mm})."""
+    (intrinsics: list per camera; extrinsics: subject -> list of {orientation, translation_mm}).
+    Every number is checked (count, finite, plausible; a unit quaternion's norm is not 0): a bad
+    field is a ValueError naming the file, camera and field."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"camera file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"camera file {path} is not valid JSON: {e}") from None
+    doc = read_json_file(path, "camera file", error=ValueError)
+    form = "expected the h36m_cameras.json form (intrinsics list, extrinsics per subject)"
+    if not isinstance(doc, dict) or not isinstance(doc.get("intrinsics"), list) \
+            or not isinstance(doc.get("extrinsics"), dict):
+        raise ValueError(f"camera file {path}: missing or malformed field (intrinsics, extrinsics); {form}")
     try:
         intr = doc["intrinsics"]
         out: dict[str, list[Camera]] = {}
         for subject, extr in doc["extrinsics"].items():
-            if len(extr) != len(intr):
-                raise ValueError(f"subject {subject} has {len(extr)} extrinsics for {len(intr)} cameras")
-            out[subject] = [
-                Camera(id=str(i["id"]), center=np.array(i["center"], dtype=np.float64),
-                       focal_length=np.array(i["focal_length"], dtype=np.float64),
-                       radial_distortion=np.array(i["radial_distortion"], dtype=np.float64),
-                       tangential_distortion=np.array(i["tangential_distortion"], dtype=np.float64),
-                       res_w=int(i["res_w"]), res_h=int(i["res_h"]),
-                       orientation=np.array(e["orientation"], dtype=np.float64),
-                       translation=np.array(e["translation_mm"], dtype=np.float64) / 1000.0)
-                for i, e in zip(intr, extr)
-            ]
-    except (KeyError, TypeError, IndexError) as e:
-        raise ValueError(f"camera file {path}: missing or malformed field ({e!r}); expected the "
-                         "h36m_cameras.json form (intrinsics list, extrinsics per subject)") from None
+            if not isinstance(extr, list) or len(extr) != len(intr):
+                raise ValueError(f"camera file {path}: subject {subject} has "
+                                 f"{len(extr) if isinstance(extr, list) else 'no list of'} extrinsics for "
+                                 f"{len(intr)} cameras")
+            cams = []
+            for c, (i, e) in enumerate(zip(intr, extr)):
+                w = f"camera file {path}: camera {c}"
+                q = _vector(e["orientation"], 4, f"{w} of {subject}: orientation", 1e3)
+                if not np.linalg.norm(q) > 1e-6:
+                    raise ValueError(f"{w} of {subject}: orientation is a zero quaternion")
+                cams.append(Camera(
+                    id=str(i["id"]), center=_vector(i["center"], 2, f"{w}: center", MAX_CAMERA_PIXELS),
+                    focal_length=_vector(i["focal_length"], 2, f"{w}: focal_length", MAX_CAMERA_PIXELS),
+                    radial_distortion=_vector(i["radial_distortion"], 3, f"{w}: radial_distortion", 1e3),
+                    tangential_distortion=_vector(i["tangential_distortion"], 2, f"{w}: tangential_distortion", 1e3),
+                    res_w=_resolution(i["res_w"], f"{w}: res_w"), res_h=_resolution(i["res_h"], f"{w}: res_h"),
+                    orientation=q,
+                    translation=_vector(e["translation_mm"], 3, f"{w} of {subject}: translation_mm",
+                                        MAX_CAMERA_MM) / 1000.0))
+                if not (cams[-1].focal_length > 0).all():
+                    raise ValueError(f"{w}: focal_length must be positive, got {cams[-1].focal_length.tolist()}")
+            out[subject] = cams
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"camera file {path}: missing or malformed field ({e!r}); {form}") from None
     return out
 
 

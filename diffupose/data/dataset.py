@@ -7,7 +7,6 @@ One row per (frame, camera) of every chosen clip.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -17,6 +16,7 @@ import numpy as np
 from ..skeleton import Skeleton
 from . import videopose3d as vp3d
 from .cameras import load_cameras
+from .user_files import read_json_file
 
 PathLike = Union[str, Path]
 DATASETS = ("h36m", "humaneva", "cmu")
@@ -142,12 +142,7 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, keypoints: str 
 # the embedded CMU set (built into assets/cmu by diffupose.data.mocap)
 # ---------------------------------------------------------------------------------------------
 def _read_split(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"split file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"split file {path} is not valid JSON: {e}") from None
+    doc = read_json_file(path, "split file", error=ValueError)
     for part in ("train", "test"):
         value = doc.get(part) if isinstance(doc, dict) else None
         if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):

@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Union
 from . import videopose3d as vp3d
 from .cameras import H36M_CAMERAS_JSON, load_cameras
 from .dataset import PoseSet, poseset_from_arrays, resolve_keypoints_file
+from .user_files import require_regular_file
 
 PathLike = Union[str, Path]
 
@@ -47,8 +48,7 @@ def load_h36m(data_dir: PathLike, keypoints: str = "gt", cameras: Optional[PathL
     cam_path = Path(cameras) if cameras is not None else H36M_CAMERAS_JSON
     # check both files exist before the (slow) read of either
     for p, what in ((path3d, "3D pose"), (path2d, "2D keypoint")):
-        if not p.is_file():
-            raise FileNotFoundError(f"Human3.6M {what} file not found: {p}")
+        require_regular_file(p, f"Human3.6M {what} file", error=ValueError)
     pos3d, j3 = vp3d.load_positions_3d(path3d)
     pos2d, meta, j2 = vp3d.load_positions_2d(path2d)
     if j3 not in (32, 17, 16):

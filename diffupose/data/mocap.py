@@ -17,7 +17,9 @@ Conventions (see /work/shared/data/cmu-mocap/README.md and diffupose/assets/cmu/
 * Both formats here are Y up. Z up is obtained by a proper rotation of +90 degrees about X,
   (x, y, z) -> (x, -z, y), so handedness, and with it left and right, is kept.
 
-Malformed input raises `MocapFormatError`, a ValueError whose message starts with `file:line:`.
+Malformed input raises `MocapFormatError`, a ValueError whose message starts with `file:line:`;
+so does a number that is NaN, infinite or beyond MAX_MOCAP_VALUE (it would turn into inf / NaN
+joints), checked where it is read.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
+from diffupose.data.user_files import require_regular_file
 from diffupose.skeleton import H36M17
 
 PathLike = Union[str, os.PathLike]
@@ -70,6 +73,12 @@ BVH_TO_H36M17: tuple[Union[str, tuple[str, ...]], ...] = (
     ("Chest", "Chest2"), "Neck", "Head", "Head_end",
     "LeftShoulder", "LeftElbow", "LeftWrist", "RightShoulder", "RightElbow", "RightWrist",
 )
+
+
+# No mocap number is larger than this in a sane file (file units: millimetres over a 1 km capture
+# area; degrees: thousands of turns): beyond it, or NaN / infinite, forward kinematics would give
+# inf or NaN joints, so the value is refused where it is read, by file and line.
+MAX_MOCAP_VALUE = 1e6
 
 
 class MocapFormatError(ValueError):
@@ -176,17 +185,29 @@ def _floats(tokens: Sequence[str], n: int, path, line: int, what: str) -> np.nda
     if len(tokens) != n:
         raise MocapFormatError(path, line, f"{what}: expected {n} numbers, got {len(tokens)}")
     try:
-        return np.array([float(t) for t in tokens])
+        values = np.array([float(t) for t in tokens])
     except ValueError:
         raise MocapFormatError(path, line, f"{what}: not a number in {' '.join(tokens)!r}") from None
+    _check_values(values, path, line, what)
+    return values
+
+
+def _check_values(values: np.ndarray, path, line: int, what: str) -> None:
+    bad = ~(np.abs(values) <= MAX_MOCAP_VALUE)  # NaN compares False: bad too
+    if bad.any():
+        v = values.reshape(-1)[int(np.flatnonzero(bad.reshape(-1))[0])]
+        raise MocapFormatError(path, line, f"{what}: {v:.4g} is {'not finite' if not np.isfinite(v) else 'too large'} "
+                               f"(values beyond +-{MAX_MOCAP_VALUE:g} are refused)")
+
+
+def _read_mocap_text(path: Path, what: str) -> str:
+    path = require_regular_file(path, f"{what} file")  # a FIFO or device named .bvh would block the read
+    return path.read_text(errors="replace")
 
 
 def parse_asf(path: PathLike) -> AsfSkeleton:
     path = Path(path)
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"ASF file not found: {path}") from None
+    text = _read_mocap_text(path, "ASF")
     lines = text.splitlines()
     length_unit, degrees = 1.0, True
     root: dict = {}
@@ -355,14 +376,12 @@ class AmcMotion:
 def parse_amc(path: PathLike, skeleton: AsfSkeleton) -> AmcMotion:
     """Read every frame; each must list every bone that has dofs, once, with its dof count."""
     path = Path(path)
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"AMC file not found: {path}") from None
+    text = _read_mocap_text(path, "AMC")
     ndof = {"root": skeleton.dof_count("root")}
     ndof.update({b: len(bone.dofs) for b, bone in skeleton.bones.items() if bone.dofs})
     expected = len(ndof)
     flat: dict[str, list[str]] = {b: [] for b in ndof}
+    value_lines: dict[str, list[int]] = {b: [] for b in ndof}  # the line of each frame's values, for errors
     frame_ids: list[int] = []
     frame_line = 0
     seen: set = set()
@@ -409,6 +428,7 @@ def parse_amc(path: PathLike, skeleton: AsfSkeleton) -> AmcMotion:
             raise MocapFormatError(path, ln0 + 1, f"bone {name!r} appears twice in frame {frame_ids[-1]}")
         seen.add(name)
         flat[name].extend(tok[1:])
+        value_lines[name].append(ln0 + 1)
     close_frame()
     if not frame_ids:
         raise MocapFormatError(path, 0, "no frames")
@@ -428,6 +448,10 @@ def parse_amc(path: PathLike, skeleton: AsfSkeleton) -> AmcMotion:
                         except ValueError:
                             raise MocapFormatError(path, ln0 + 1, f"bone {b!r}: not a number: {t!r}") from None
             raise
+        bad = ~(np.abs(values[b]) <= MAX_MOCAP_VALUE).all(-1)
+        if bad.any():
+            f = int(np.flatnonzero(bad)[0])
+            _check_values(values[b][f], path, value_lines[b][f], f"bone {b!r} in frame {frame_ids[f]}")
     return AmcMotion(path=str(path), frame_ids=np.array(frame_ids), values=values, angle_in_degrees=degrees)
 
 
@@ -516,10 +540,7 @@ _BVH_CHANNELS = {"Xposition", "Yposition", "Zposition", "Xrotation", "Yrotation"
 
 def parse_bvh(path: PathLike) -> BvhFile:
     path = Path(path)
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"BVH file not found: {path}") from None
+    text = _read_mocap_text(path, "BVH")
     lines = text.split("\n")
     joints: list[BvhJoint] = []
     stack: list[int] = []  # open joint indices
@@ -647,6 +668,12 @@ def parse_bvh(path: PathLike) -> BvhFile:
                 except ValueError:
                     raise MocapFormatError(path, ln, f"not a number: {t!r}") from None
         raise
+    bad = ~(np.abs(motion) <= MAX_MOCAP_VALUE)
+    if bad.any():
+        r, c = (int(i) for i in np.argwhere(bad)[0])
+        owner = next(j for j in joints if j.channel_start <= c < j.channel_start + len(j.channels))
+        _check_values(motion[r, c:c + 1], path, rows[r][0],
+                      f"frame {r}: channel {owner.channels[c - owner.channel_start]} of joint {owner.name!r}")
     return BvhFile(path=str(path), joints=joints, frame_time=frame_time, motion=motion)
 
 
@@ -717,7 +744,8 @@ def load_bvh(path: PathLike, step: int = 1, scale: float | None = None, name: st
     missing = [n for n in names if n not in pts]
     if missing:
         raise MocapFormatError(path, 0, f"BVH lacks joint(s) {', '.join(missing)} needed for the 17 "
-                               "Human3.6M joints (CMU BVH naming expected; pass mapping= for others)")
+                               "Human3.6M joints (the CMU BVH joint names are expected: rename the file's joints "
+                               "to them)")
     h36 = np.stack([pts[m] if isinstance(m, str) else np.mean([pts[n] for n in m], axis=0) for m in mapping], 1)
     parents = {j.name: bvh.joints[j.parent].name for j in bvh.joints if j.parent >= 0}
     return MocapClip(name=name or Path(path).stem, fps=bvh.fps / step,
@@ -740,7 +768,8 @@ def find_asf(amc: PathLike, asf: PathLike | None = None) -> Path:
     named = amc.parent / (amc.stem.split("_")[0] + ".asf")
     if named.exists():
         return named
-    raise FileNotFoundError(f"no ASF skeleton for {amc}: found {len(cand)} .asf files beside it; pass asf=")
+    raise FileNotFoundError(f"no ASF skeleton for {amc}: found {len(cand)} .asf files beside it and no "
+                            f"{named.name}; name it with --asf FILE")
 
 
 def load_clip(path: PathLike, asf: PathLike | AsfSkeleton | None = None, step: int = 1,

@@ -8,9 +8,10 @@ The layout (Human3.6M, HumanEva-I and the embedded CMU set all use it):
   the camera file's order) of float [frames, J2, 2] pixels; key `metadata`: a pickled dict with
   `layout_name`, `num_joints` and `keypoints_symmetry` [[left...], [right...]].
 
-The dicts are pickled, so `np.load(..., allow_pickle=True)` is needed: it is only ever called on
-files the user pointed at (a pickle can run code, so never point these readers at untrusted files).
-Every structural problem is reported as a FileNotFoundError or ValueError that names the file.
+The dicts are pickled, and a pickle can name any function to call: they are read through
+diffupose.data.safe_pickle, which admits only plain containers, numbers, strings and numpy arrays
+and refuses every other global (os.system, ...) before anything runs. Every structural problem is
+reported as a FileNotFoundError or ValueError that names the file.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import numpy as np
 
 from ..skeleton import H36M17_TO_16, Skeleton, skeleton_for_joints
 from .cameras import Camera
+from .safe_pickle import load_npz
+from .user_files import check_finite
 
 PathLike = Union[str, Path]
 
@@ -36,43 +39,16 @@ Positions2D = dict[str, dict[str, list[np.ndarray]]]
 # ---------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------
-def _corrupt(path: Path, where: str, e: Exception) -> ValueError:
-    # A damaged archive or pickle can fail in almost any way (BadZipFile, zlib.error, EOFError,
-    # UnpicklingError, a SyntaxError or TokenError from numpy's header parser, ...): all of them
-    # mean the same thing to the user. Running out of memory does not, so it is not caught.
-    if isinstance(e, MemoryError):
-        raise e
-    return ValueError(f"{path}: {where} cannot be read (truncated or corrupt?): {type(e).__name__}: {e}")
-
-
 def read_npz(path: PathLike, keys: Sequence[str], optional: Sequence[str] = (), what: str = "pose") -> dict:
-    """Read the pickled objects under `keys` (required) and `optional` from an .npz archive.
-    0-d object arrays (how np.savez stores a dict) are unwrapped to the object itself."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    try:
-        archive = np.load(path, allow_pickle=True)
-    except Exception as e:
-        raise _corrupt(path, "the .npz archive", e) from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: expected an .npz archive (np.savez), found a single "
-                         f"{type(archive).__name__}")
-    out = {}
-    with archive:
-        missing = [k for k in keys if k not in archive.files]
-        if missing:
-            raise ValueError(f"{path}: missing key(s) {missing}; the archive has {sorted(archive.files)} "
-                             "(expected the VideoPose3D layout)")
-        for k in list(keys) + [k for k in optional if k in archive.files]:
-            try:
-                value = archive[k]
-            except Exception as e:
-                raise _corrupt(path, f"key {k!r}", e) from None
-            if isinstance(value, np.ndarray) and value.dtype == object and value.shape in ((), (1,)):
-                value = value.reshape(()).item()  # VideoPose3D stores metadata as a 1-element array
-            out[k] = value
-    return out
+    """Read the objects under `keys` (required) and `optional` from an .npz archive, never running
+    code (safe_pickle.load_npz). 0-d object arrays (how np.savez stores a dict) are unwrapped."""
+    return load_npz(path, keys, optional, what=what, error=ValueError)
+
+
+# Beyond these, a coordinate is a corrupt file or a unit mistake, not a pose: world metres (a
+# capture volume is tens of metres; millimetres stored as metres exceed it) and pixels.
+MAX_WORLD_METRES = 1e4
+MAX_PIXELS = 1e6
 
 
 def _check_array(arr, path: Path, where: str, last: int, joints: int | None) -> np.ndarray:
@@ -84,8 +60,8 @@ def _check_array(arr, path: Path, where: str, last: int, joints: int | None) -> 
         raise ValueError(f"{path}: {where} has dtype {arr.dtype}; expected floating point")
     if joints is not None and arr.shape[1] != joints:
         raise ValueError(f"{path}: {where} has {arr.shape[1]} joints, other entries of the file have {joints}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: {where} contains NaN or infinite values")
+    check_finite(arr, f"{path}: {where}", MAX_WORLD_METRES if last == 3 else MAX_PIXELS, error=ValueError,
+                 unit=" m" if last == 3 else " px")
     return arr
 
 
@@ -139,6 +115,9 @@ def load_positions_2d(path: PathLike) -> tuple[Positions2D, dict, int]:
     meta = raw.get("metadata", {})
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: metadata is a {type(meta).__name__}, expected a dict")
+    if "num_joints" in meta and (not isinstance(meta["num_joints"], (int, np.integer))
+                                 or isinstance(meta["num_joints"], bool)):
+        raise ValueError(f"{path}: metadata num_joints is {meta['num_joints']!r}, expected a whole number")
     if "num_joints" in meta and int(meta["num_joints"]) != J:
         raise ValueError(f"{path}: metadata says num_joints={meta['num_joints']} but the keypoints have {J} joints")
     return data, meta, J
