@@ -181,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "header). COCO keypoints are mapped to the Human3.6M skeleton approximately: pelvis = "
                     "mid-hips, thorax = mid-shoulders, spine = mid(pelvis, thorax), head = mid-eyes.\n\n"
                     "Output (.npz or .json by extension): pose3d [F, J, 3], hypotheses [F, N, J, 3], spread [F, J] "
-                    "(metres), weak [F, J] (detector score below --min-score, undetected, or more than one image "
-                    "size off the image: such a joint is lifted from a stand-in position), unreliable [F] (a frame "
-                    "with such a joint, or mostly weak ones: its pose is a guess), pose2d (the model's "
+                    "(metres), weak [F, J] (detector score below --min-score; or undetected or more than one image "
+                    "size off the image, and then lifted from a stand-in position, its nearest usable joints), "
+                    "unreliable [F] (a frame with an undetected or off-image joint, or with more than half its "
+                    "joints weak: its pose is a guess), pose2d (the model's "
                     "normalised input), keypoints2d, frame_index (input frame of each row), joint_names, and meta "
                     "(settings, input, checkpoint).",
         epilog="examples:\n"
@@ -596,7 +597,7 @@ def cmd_lift(args) -> int:
         report.note(f"removed {len(writer.removed_stale)} temporary folder(s) that killed earlier lifts to {out} "
                     "left behind")
     spread_sum, weak_count = 0.0, 0
-    unreliable_rows: list = []
+    unreliable_count, unreliable_first = 0, []  # the first few for the summary: memory stays bounded
     t0 = time.perf_counter()
     try:
         chunks = list(iter_chunks(F, batch))
@@ -619,7 +620,8 @@ def cmd_lift(args) -> int:
                          score=c.score)
             spread_sum += float(spread.sum())
             weak_count += int(c.weak.sum())
-            unreliable_rows.extend(idx[c.unreliable].tolist())
+            unreliable_count += int(c.unreliable.sum())
+            unreliable_first += idx[c.unreliable][:8 - len(unreliable_first)].tolist()
             bar.update(e - s)
         bar.close()
         writer.close()
@@ -628,15 +630,16 @@ def cmd_lift(args) -> int:
         raise
     dt = time.perf_counter() - t0
     J = skel.num_joints
-    if unreliable_rows:
+    if unreliable_count:
         from .keypoints import _frames_text
 
-        report.warn(f"{len(unreliable_rows)} of {F} frames are unreliable (a joint undetected or off the image, "
-                    f"or most joints weak): {_frames_text(unreliable_rows, kp.frame_ids)}; their poses are guesses, "
+        which = _frames_text(unreliable_first, kp.frame_ids, total=unreliable_count)
+        report.warn(f"{unreliable_count} of {F} frames are unreliable (a joint undetected or off the image, "
+                    f"or most joints weak): {which}; their poses are guesses, "
                     "whatever their spread: see `unreliable` in the output")
     print(f"lifted {F} frames x {args.hypotheses} hypotheses in {dt:.1f} s ({F / max(dt, 1e-9):.0f} frames/s, "
           f"{backend} on {device}): mean per-joint spread {100 * spread_sum / (F * J):.1f} cm, "
-          f"{weak_count} weak joints, {len(unreliable_rows)} unreliable frames -> {out}")
+          f"{weak_count} weak joints, {unreliable_count} unreliable frames -> {out}")
     return 0
 
 

@@ -406,9 +406,13 @@ def iter_chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield s, min(n, s + size)
 
 
-def _frames_text(frames: Sequence[int], frame_ids: Optional[np.ndarray] = None, limit: int = 8) -> str:
+def _frames_text(frames: Sequence[int], frame_ids: Optional[np.ndarray] = None, limit: int = 8,
+                 total: Optional[int] = None) -> str:
+    """'frames 3, 17 and 5 more' (image_ids where the input has them); total: how many there are
+    when `frames` holds only the first few."""
+    total = len(frames) if total is None else total
     shown = [str(frame_ids[f]) if frame_ids is not None else str(f) for f in frames[:limit]]
-    more = f" and {len(frames) - limit} more" if len(frames) > limit else ""
+    more = f" and {total - len(shown)} more" if total > len(shown) else ""
     what = "image_ids" if frame_ids is not None else "frames"
     return f"{what} {', '.join(shown)}{more}"
 
@@ -569,9 +573,9 @@ def check_keypoints(kp: Keypoints, *, image_size: Optional[tuple[float, float]],
         warnings.append(f"{kp.path}: {n_off} joints in {frames_off} frames lie {where}: treated as undetected "
                         "(marked weak, given a stand-in position, the frames marked unreliable)")
     if kp.has_scores and score_max <= 0:
-        warnings.append(f"{kp.path}: every detector score is {score_max:g} or below: no joint is confident, so every "
-                        "joint is flagged weak and every frame unreliable (if the third channel is not a confidence, "
-                        "drop it)")
+        warnings.append(f"{kp.path}: every detector score is {score_max:g} or below: no joint was seen with any "
+                        "confidence, so with --min-score above that every joint is weak and every frame unreliable "
+                        "(if the third channel is not a confidence, drop it)")
     return InputPlan(frames=frames, skipped=skipped, pixel=pixel, image_size=image_size,
                      missing_joints=n_missing, frames_with_missing=frames_missing, off_image_joints=n_off,
                      frames_with_off_image=frames_off, notes=notes, warnings=warnings)
@@ -732,7 +736,9 @@ STALE_PART_SECONDS = 24 * 3600  # a temporary folder of another host (or untagge
 
 
 def _host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9]", "", os.uname().nodename)[:32] or "host"
+    import platform
+
+    return re.sub(r"[^A-Za-z0-9]", "", platform.node())[:32] or "host"
 
 
 def _pid_alive(pid: int) -> bool:
