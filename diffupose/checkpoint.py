@@ -104,8 +104,44 @@ def read_config(path: PathLike) -> dict:
     return config
 
 
+# the safetensors dtypes accepted for weights: floating point only (an integer tensor would be cast
+# silently, every weight rounded; issue 11 measured poses 110 mm off)
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+def check_weights_header(wpath: Path, cpath: Path, mcfg: ModelConfig) -> None:
+    """Compare the weights file's header (names, dtypes, shapes: no tensor is read) with the model
+    the config describes, built on the meta device (no memory): a config naming a huge model, or
+    weights of another shape or of an integer dtype, are refused before anything is allocated."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(wpath), framework="pt") as f:
+            header = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{wpath} is not a readable safetensors file (corrupt or of another kind): {e}") from None
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(mcfg).state_dict().items()}
+    missing = sorted(set(expected) - set(header))
+    unexpected = sorted(set(header) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(header) if expected[k] != header[k][1])
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("wrong shape", wrong)) if keys)
+        raise CheckpointError(f"{wpath} does not match the architecture in {cpath.name} "
+                              f"({mcfg.arch}, d_model {mcfg.d_model}, {mcfg.n_blocks} blocks): {detail}")
+    not_float = sorted(k for k, (dtype, _) in header.items() if dtype not in _FLOAT_DTYPES)
+    if not_float:
+        raise CheckpointError(f"{wpath}: weights must be floating point, but {', '.join(not_float[:3])}"
+                              f"{' ...' if len(not_float) > 3 else ''} {'is' if len(not_float) == 1 else 'are'} "
+                              f"{header[not_float[0]][0]}")
+
+
 def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[nn.Module, Diffusion, dict]:
-    """(model in eval mode on `device`, its Diffusion, the whole config dict)."""
+    """(model in eval mode on `device`, its Diffusion, the whole config dict). Checked in order,
+    each before anything is built from it: the config's keys, types and ranges; the weights'
+    names, shapes and dtypes (from the header); their values (finite); only then the model."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -118,24 +154,16 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu") ->
         raise CheckpointError(f"{cpath}: bad config: {e}") from None
     if not wpath.is_file():
         raise CheckpointError(f"checkpoint weights not found: {wpath}")
+    check_weights_header(wpath, cpath, mcfg)
     try:
         state = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{wpath} is not a readable safetensors file (corrupt or of another kind): {e}") from None
-    model = build_model(mcfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        detail = "; ".join(f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                           for name, keys in (("missing", missing), ("unexpected", unexpected),
-                                              ("wrong shape", wrong)) if keys)
-        raise CheckpointError(f"{wpath} does not match the architecture in {cpath.name} "
-                              f"({mcfg.arch}, d_model {mcfg.d_model}, {mcfg.n_blocks} blocks): {detail}")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{wpath}: NaN or infinite weights in {', '.join(bad[:3])}")
+    model = build_model(mcfg)
+    expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return model.to(device).eval(), Diffusion(dcfg), config
 

@@ -8,15 +8,20 @@
 
 Every failure a user can cause (a bad file, a wrong option, a foreign checkpoint) ends with one
 line on stderr, `diffupose <command>: error: ...`, and exit status 1 (2 for usage errors); no
-traceback (DIFFUPOSE_DEBUG=1 shows it). Notes (skipped frames, fallbacks) go to stderr too, the
-one-line summary of a result to stdout.
+traceback (DIFFUPOSE_DEBUG=1 shows it). Ctrl-C ends with one line and status 130, SIGTERM with one
+line and 143, an earlier output left intact either way. Notes (skipped frames, fallbacks) go to
+stderr too, as do warnings (unreliable frames: shown even with -q); the one-line summary of a
+result to stdout.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -176,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "header). COCO keypoints are mapped to the Human3.6M skeleton approximately: pelvis = "
                     "mid-hips, thorax = mid-shoulders, spine = mid(pelvis, thorax), head = mid-eyes.\n\n"
                     "Output (.npz or .json by extension): pose3d [F, J, 3], hypotheses [F, N, J, 3], spread [F, J] "
-                    "(metres), weak [F, J] (detector score below --min-score, or undetected), pose2d (the model's "
+                    "(metres), weak [F, J] (detector score below --min-score; or undetected or more than one image "
+                    "size off the image, and then lifted from a stand-in position, its nearest usable joints), "
+                    "unreliable [F] (a frame with an undetected or off-image joint, or with more than half its "
+                    "joints weak: its pose is a guess), pose2d (the model's "
                     "normalised input), keypoints2d, frame_index (input frame of each row), joint_names, and meta "
                     "(settings, input, checkpoint).",
         epilog="examples:\n"
@@ -207,12 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-score", type=_finite_float, default=0.3, metavar="S",
                    help="joints whose detector score is below S are flagged weak in the output (still lifted)")
     g.add_argument("--skip-empty", action="store_true",
-                   help="leave out empty frames (all zeros or NaN: no person detected) instead of stopping")
+                   help="leave out empty frames (all zeros or NaN: no person detected) and frames with no usable "
+                        "joint (every joint undetected or more than one image size off the image) instead of "
+                        "stopping")
     g.add_argument("--key", metavar="NAME", default=None,
                    help="the array to read from an .npz holding several (default: 'keypoints' or the only one)")
     _add_model_options(lift, "model checkpoint: <stem>.safetensors + <stem>.json, the stem, or a folder with "
                              "model.*; default: the shipped CMU-trained GCN (diffupose/assets/checkpoints/cmu_gcn)")
-    lift.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes (errors still shown)")
+    lift.add_argument("-q", "--quiet", action="store_true",
+                      help="no progress bar and no notes (errors and warnings still shown)")
     lift.set_defaults(func=cmd_lift)
 
     # -- viz ------------------------------------------------------------------------------------
@@ -377,6 +388,10 @@ class _Reporter:
         if not self.quiet:
             print(f"{PROG} {self.command}: note: {text}", file=sys.stderr)
 
+    def warn(self, text: str) -> None:
+        """What the user must know about the result (shown even with -q)."""
+        print(f"{PROG} {self.command}: warning: {text}", file=sys.stderr)
+
 
 def _device(spec: str):
     import torch
@@ -506,6 +521,8 @@ def cmd_lift(args) -> int:
         report.note(layout_note)
     for n in plan.notes:
         report.note(n)
+    for w in plan.warnings:
+        report.warn(w)
 
     device = _device(args.device)
     dtype = _torch_dtype(args.dtype)
@@ -536,10 +553,14 @@ def cmd_lift(args) -> int:
             "pose3d": "[F, J, 3] the aggregate of the hypotheses",
             "hypotheses": "[F, N, J, 3]",
             "spread": "[F, J] RMS distance of the hypotheses from their mean, per joint",
-            "weak": f"[F, J] detector score below min_score ({args.min_score}) or undetected (2D at pixel 0,0); "
-                    "lifted anyway, treat with care",
+            "weak": f"[F, J] detector score below min_score ({args.min_score}), undetected (2D at pixel 0,0) or "
+                    "more than one image size off the image; lifted anyway, treat with care",
+            "unreliable": "[F] the frame had a joint undetected or off the image (lifted from a stand-in position: "
+                          "the nearest usable joint along the bones) or more than half of its joints weak: its 3D "
+                          "pose is a guess whatever its spread",
             "pose2d": "[F, J, 2] the model's input: screen-normalised x / w * 2 - [1, h / w]",
-            "keypoints2d": "[F, J, 2] the input coordinates (pixels or normalised) in the model's joint order",
+            "keypoints2d": "[F, J, 2] the input coordinates (pixels or normalised) in the model's joint order; an "
+                           "undetected or off-image joint holds the stand-in position the model was given",
             "score": "[F, J] the detector's scores in the model's joint order (derived joints: min of sources)",
             "frame_index": "[F] the input frame of each row",
             "frame_id": "[F] the input's own frame ids (COCO image_id, a CSV frame column), where it had them",
@@ -552,7 +573,7 @@ def cmd_lift(args) -> int:
             "coordinates": "pixels" if plan.pixel else "normalized",
             "image_size": list(plan.image_size) if plan.image_size else None,
             "has_scores": kp.has_scores, "min_score": args.min_score,
-            "undetected_joints": plan.missing_joints,
+            "undetected_joints": plan.missing_joints, "off_image_joints": plan.off_image_joints,
             "mapping": mapping,
             "mapping_note": ("approximate: COCO has no pelvis, spine, thorax or head top; pelvis = mid-hips, thorax = "
                              "mid-shoulders, spine = mid(pelvis, thorax), head = mid-eyes; derived scores = min of "
@@ -572,7 +593,11 @@ def cmd_lift(args) -> int:
 
     writer = LiftWriter(out, frames=F, n_hyp=args.hypotheses, joint_names=skel.joints, meta=meta,
                         has_scores=kp.has_scores, frame_ids=kp.frame_ids)
+    if writer.removed_stale:
+        report.note(f"removed {len(writer.removed_stale)} temporary folder(s) that killed earlier lifts to {out} "
+                    "left behind")
     spread_sum, weak_count = 0.0, 0
+    unreliable_count, unreliable_first = 0, []  # the first few for the summary: memory stays bounded
     t0 = time.perf_counter()
     try:
         chunks = list(iter_chunks(F, batch))
@@ -582,18 +607,21 @@ def cmd_lift(args) -> int:
                    disable=True if args.quiet else None)
         for s, e in chunks:
             idx = plan.frames[s:e]
-            pose2d, kp2d, weak, score = prepare_chunk(kp, idx, plan, layout, skel.name, args.min_score)
-            r = lifter(torch.from_numpy(pose2d))
+            c = prepare_chunk(kp, idx, plan, layout, skel.name, args.min_score)
+            r = lifter(torch.from_numpy(c.pose2d))
             hyp = r.hypotheses.float().cpu()
             if not torch.isfinite(hyp).all():
                 raise CliError("the model produced NaN or infinite poses"
                                + (f" in {args.dtype}; try --dtype fp32" if args.dtype != "fp32" else
                                   "; the checkpoint may be broken"))
             agg, spread = r.mean.float().cpu(), r.spread.float().cpu()  # root-relative, median if asked
-            writer.write(pose3d=agg.numpy(), hypotheses=hyp.numpy(), spread=spread.numpy(), weak=weak,
-                         pose2d=pose2d, keypoints2d=kp2d, frame_index=idx, score=score)
+            writer.write(pose3d=agg.numpy(), hypotheses=hyp.numpy(), spread=spread.numpy(), weak=c.weak,
+                         unreliable=c.unreliable, pose2d=c.pose2d, keypoints2d=c.keypoints2d, frame_index=idx,
+                         score=c.score)
             spread_sum += float(spread.sum())
-            weak_count += int(weak.sum())
+            weak_count += int(c.weak.sum())
+            unreliable_count += int(c.unreliable.sum())
+            unreliable_first += idx[c.unreliable][:8 - len(unreliable_first)].tolist()
             bar.update(e - s)
         bar.close()
         writer.close()
@@ -602,9 +630,16 @@ def cmd_lift(args) -> int:
         raise
     dt = time.perf_counter() - t0
     J = skel.num_joints
+    if unreliable_count:
+        from .keypoints import _frames_text
+
+        which = _frames_text(unreliable_first, kp.frame_ids, total=unreliable_count)
+        report.warn(f"{unreliable_count} of {F} frames are unreliable (a joint undetected or off the image, "
+                    f"or most joints weak): {which}; their poses are guesses, "
+                    "whatever their spread: see `unreliable` in the output")
     print(f"lifted {F} frames x {args.hypotheses} hypotheses in {dt:.1f} s ({F / max(dt, 1e-9):.0f} frames/s, "
           f"{backend} on {device}): mean per-joint spread {100 * spread_sum / (F * J):.1f} cm, "
-          f"{weak_count} weak joints -> {out}")
+          f"{weak_count} weak joints, {unreliable_count} unreliable frames -> {out}")
     return 0
 
 
@@ -884,7 +919,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     where = f"{PROG} {args.command}"
     try:
-        return args.func(args)
+        with _terminate_like_interrupt():
+            return args.func(args)
+    except Terminated:
+        print(f"{where}: terminated (SIGTERM); nothing was written, an earlier output is left as it was",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"{where}: interrupted", file=sys.stderr)
         return 130
@@ -893,6 +933,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"{where}: error: {_describe(e, args)}", file=sys.stderr)
         return 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a `kill`, a job scheduler's stop), raised where Ctrl-C would be so that the same
+    clean-ups run (the writer's temporaries removed, an earlier output kept)."""
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt():
+    """Turn SIGTERM into Terminated while a command runs (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _describe(e: Exception, args) -> str:

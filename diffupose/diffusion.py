@@ -19,8 +19,11 @@ from torch import Tensor
 
 from .ops import NOISE_COEFS, StepCoefs, sampler_step
 from .skeleton import Skeleton, flip_pose, get_skeleton
+from .validate import one_of, real_number, whole_number
 
 SCHEDULES = ("cosine", "linear")
+MAX_T = 10000  # diffusion steps (the paper: 100); the schedules are [T] tensors, DDPM runs all T
+MAX_POSE_SCALE = 10.0
 
 
 @dataclass
@@ -37,12 +40,15 @@ class DiffusionConfig:
     pose_scale: float = 0.25  # metres per normalised unit
 
     def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
-        if self.T < 1:
-            raise ValueError(f"T must be >= 1, got {self.T}")
-        if not self.pose_scale > 0:
-            raise ValueError(f"pose_scale must be > 0, got {self.pose_scale}")
+        one_of("schedule", self.schedule, SCHEDULES)
+        whole_number("T", self.T, 1, MAX_T)
+        real_number("cosine_s", self.cosine_s, 0.0, 1.0, lo_open=True)
+        real_number("lambda_y", self.lambda_y, 0.0, 1e3)
+        real_number("clip_x0", self.clip_x0, 0.0, 1e3)
+        # metres per normalised unit: poses are ~1 m across, so ~0.1-0.5; 10 m would be a giant
+        real_number("pose_scale", self.pose_scale, 0.0, MAX_POSE_SCALE, lo_open=True)
+        if not isinstance(self.joint_weights, str):
+            raise ValueError(f"joint_weights must be a string, got {self.joint_weights!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

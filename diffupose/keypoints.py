@@ -27,10 +27,13 @@ x / w * 2 - [1, h / w] (diffupose.data.cameras), or already normalised.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
+import re
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -421,11 +424,48 @@ def iter_chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield s, min(n, s + size)
 
 
-def _frames_text(frames: Sequence[int], frame_ids: Optional[np.ndarray] = None, limit: int = 8) -> str:
+def _frames_text(frames: Sequence[int], frame_ids: Optional[np.ndarray] = None, limit: int = 8,
+                 total: Optional[int] = None) -> str:
+    """'frames 3, 17 and 5 more' (image_ids where the input has them); total: how many there are
+    when `frames` holds only the first few."""
+    total = len(frames) if total is None else total
     shown = [str(frame_ids[f]) if frame_ids is not None else str(f) for f in frames[:limit]]
-    more = f" and {len(frames) - limit} more" if len(frames) > limit else ""
+    more = f" and {total - len(shown)} more" if total > len(shown) else ""
     what = "image_ids" if frame_ids is not None else "frames"
     return f"{what} {', '.join(shown)}{more}"
+
+
+# The value policy (README "What is refused"): a joint more than one image size past the image's
+# border (pixels: x outside [-W, 2W] or y outside [-H, 2H]; normalised input, whose image height is
+# unknown: |x| or |y| > OFF_IMAGE_NORMALIZED, one width past a landscape image's border and then
+# some) is no measurement of the person: a detector's garbage (1e30, -1e30, a joint 9,000 px
+# away). Fed as it is, it drags the whole GCN input with it and the pose comes out metres off
+# with a spread of 0, i.e. looking certain. Such a joint is treated like an undetected one
+# (pixel 0, 0): flagged weak and given a stand-in position (`stand_in_missing`), and its frame is
+# marked unreliable; a frame with no usable joint at all is an empty frame.
+OFF_IMAGE_NORMALIZED = 4.0
+# A frame with more than this fraction of its joints weak is marked unreliable too (an all-zero
+# score column: every joint weak, every frame unreliable, and a warning).
+UNRELIABLE_WEAK_FRACTION = 0.5
+
+
+def off_image(xy: np.ndarray, image_size: Optional[tuple[float, float]]) -> np.ndarray:
+    """[..., J] True where a joint of xy [..., J, 2] lies more than one image size past the border
+    (image_size (W, H) for pixels, None for screen-normalised coordinates)."""
+    if image_size is None:
+        return (np.abs(xy) > OFF_IMAGE_NORMALIZED).any(-1)
+    w, h = image_size
+    x, y = xy[..., 0], xy[..., 1]
+    return (x < -w) | (x > 2 * w) | (y < -h) | (y > 2 * h)
+
+
+def unusable_joints(xy: np.ndarray, pixel: bool, image_size: Optional[tuple[float, float]]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(undetected, off the image), both [..., J], for finite xy [..., J, 2]: the joints whose
+    coordinates are not a measurement. Undetected: exactly pixel (0, 0) (normalised input has no
+    such marker: (0, 0) is the image centre)."""
+    undetected = (xy == 0).all(-1) if pixel else np.zeros(xy.shape[:-1], dtype=bool)
+    return undetected, off_image(xy, image_size if pixel else None) & ~undetected
 
 
 @dataclass
@@ -433,30 +473,37 @@ class InputPlan:
     """What `check_keypoints` decided: the frames to lift and how to read their coordinates."""
 
     frames: np.ndarray  # [F_kept] int64 indices into the input
-    skipped: np.ndarray  # [F_skipped] empty frames skipped (detector misses)
+    skipped: np.ndarray  # [F_skipped] frames skipped: empty (detector misses) or without a usable joint
     pixel: bool  # coordinates are pixels (normalise with image_size) or already normalised
     image_size: Optional[tuple[float, float]]
     missing_joints: int  # joints at exactly (0, 0) in pixel input: undetected, marked weak
     frames_with_missing: int
+    off_image_joints: int = 0  # joints far outside the image in the kept frames: treated as missing
+    frames_with_off_image: int = 0
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown even with -q: the result needs care
 
 
 def check_keypoints(kp: Keypoints, *, image_size: Optional[tuple[float, float]], normalized: bool,
                     skip_empty: bool, chunk: int = 65536) -> InputPlan:
     """Refuse what cannot be lifted correctly (one pass over the data, chunked so a memory-mapped
     input is never read whole): NaN or infinite values, empty frames (all zeros or all NaN: a
-    detector miss; skipped with skip_empty), pixel input without an image size, an image size the
-    keypoints do not fit, 'normalised' values that look like pixels."""
+    detector miss) and frames without a usable joint (every joint undetected or far off the
+    image), both skipped with skip_empty, pixel input without an image size, an image size the
+    keypoints do not fit, 'normalised' values that look like pixels. Joints far off the image are
+    counted (prepare_chunk treats them as missing); a score channel that is all <= 0 is warned of."""
     if image_size is not None and normalized:
         raise KeypointError("give either --image-size (pixel input) or --normalized, not both")
     if image_size is not None and not all(math.isfinite(v) and v > 0 for v in image_size):
         raise KeypointError(f"--image-size must be two positive numbers, got {image_size}")
     F, J = kp.num_frames, kp.num_joints
-    empty, bad = [], []
-    n_missing = frames_missing = 0
+    empty, bad, no_usable = [], [], []
+    n_missing = frames_missing = n_off = frames_off = 0
     lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
     outside = counted = 0
+    score_max = -np.inf
     pixel = image_size is not None
+    units_known = pixel or normalized  # else the run is refused below, once the ranges are known
     for s, e in iter_chunks(F, chunk):
         a = np.asarray(kp.data[s:e], dtype=np.float64)
         xy = a[..., :2]
@@ -467,45 +514,48 @@ def check_keypoints(kp: Keypoints, *, image_size: Optional[tuple[float, float]],
         bad.extend((np.flatnonzero(~finite & ~is_empty) + s).tolist())
         empty.extend((np.flatnonzero(is_empty) + s).tolist())
         keep = ~is_empty & finite
+        if kp.has_scores and keep.any():
+            score_max = max(score_max, float(a[keep][..., 2].max()))
         xy = xy[keep]
         if xy.size == 0:
             continue
-        miss = (xy == 0).all(-1) if pixel else np.zeros(xy.shape[:2], dtype=bool)
+        miss, far = unusable_joints(xy, pixel, image_size)
+        if not units_known:
+            far[:] = False
+        pts = xy[~miss]
+        if pts.size:  # the ranges (for the messages) over every detected joint
+            lo, hi = np.minimum(lo, pts.min(0)), np.maximum(hi, pts.max(0))
+        none_usable = (miss | far).all(-1)
+        no_usable.extend((np.flatnonzero(keep)[none_usable] + s).tolist())
+        xy, miss, far = xy[~none_usable], miss[~none_usable], far[~none_usable]
         n_missing += int(miss.sum())
         frames_missing += int(miss.any(-1).sum())
+        n_off += int(far.sum())
+        frames_off += int(far.any(-1).sum())
+        # the share outside the image, which tells a wrong image size or unit, over the frames with
+        # a usable joint: a few frames of pure garbage (-1e30) are not a sign of a wrong size
         pts = xy[~miss]
-        if pts.size:
-            lo, hi = np.minimum(lo, pts.min(0)), np.maximum(hi, pts.max(0))
-            counted += len(pts)
-            if pixel:
-                w, h = image_size
-                out = ((pts[:, 0] < -0.25 * w) | (pts[:, 0] > 1.25 * w)
-                       | (pts[:, 1] < -0.25 * h) | (pts[:, 1] > 1.25 * h))
-                outside += int(out.sum())
-            else:
-                outside += int((np.abs(pts) > 4).any(-1).sum())
+        counted += len(pts)
+        if pixel:
+            w, h = image_size
+            out = ((pts[:, 0] < -0.25 * w) | (pts[:, 0] > 1.25 * w)
+                   | (pts[:, 1] < -0.25 * h) | (pts[:, 1] > 1.25 * h))
+            outside += int(out.sum())
+        else:
+            outside += int((np.abs(pts) > OFF_IMAGE_NORMALIZED).any(-1).sum())
     if bad:
         raise KeypointError(f"{kp.path}: NaN or infinite values in {_frames_text(bad, kp.frame_ids)}")
-    empty_arr = np.array(empty, dtype=np.int64)
     if len(empty) and not skip_empty:
         raise KeypointError(f"{kp.path}: {len(empty)} of {F} frames are empty (all zeros or NaN: no person "
                             f"detected): {_frames_text(empty, kp.frame_ids)}; pass --skip-empty to leave them out")
-    frames = np.setdiff1d(np.arange(F, dtype=np.int64), empty_arr)
-    if len(frames) == 0:
-        raise KeypointError(f"{kp.path}: all {F} frames are empty (no person detected); nothing to lift")
-    notes = []
-    if len(empty):
-        notes.append(f"skipped {len(empty)} empty frames ({_frames_text(empty, kp.frame_ids)})")
-    if n_missing:
-        notes.append(f"{n_missing} undetected joints (at pixel 0,0) in {frames_missing} frames: marked weak; "
-                     "their 3D positions are unreliable")
     if image_size is None and not normalized:
         if counted and np.all(np.abs(np.concatenate([lo, hi])) <= 2):
             raise KeypointError(f"{kp.path}: coordinates lie within [{lo.min():.3g}, {hi.max():.3g}]: if they are "
                                 "screen-normalised (x / w * 2 - 1), pass --normalized; if pixels, --image-size W H")
         raise KeypointError(f"{kp.path}: pixel keypoints (x up to {hi[0]:.4g}, y up to {hi[1]:.4g}) need the image "
                             "size: pass --image-size W H (or --normalized if already screen-normalised)")
-    frac = outside / max(counted, 1)
+    # no frame with a usable joint at all: the coordinates do not fit the image, whatever their share
+    frac = outside / counted if counted else float(len(no_usable) > 0)
     if pixel:
         w, h = image_size
         if frac > 0.05:
@@ -516,11 +566,37 @@ def check_keypoints(kp: Keypoints, *, image_size: Optional[tuple[float, float]],
             raise KeypointError(f"{kp.path}: every coordinate lies within [0, 1]: these look normalised to the unit "
                                 f"square, not pixels of a {w:g} x {h:g} image; multiply x by W and y by H first")
     elif frac > 0.05:
-        raise KeypointError(f"{kp.path}: --normalized, but {100 * frac:.0f}% of the keypoints lie beyond +-4 "
-                            f"(|x| up to {max(abs(lo[0]), abs(hi[0])):.4g}): these look like pixels; "
-                            "pass --image-size W H")
-    return InputPlan(frames=frames, skipped=empty_arr, pixel=pixel, image_size=image_size,
-                     missing_joints=n_missing, frames_with_missing=frames_missing, notes=notes)
+        raise KeypointError(f"{kp.path}: --normalized, but {100 * frac:.0f}% of the keypoints lie beyond "
+                            f"+-{OFF_IMAGE_NORMALIZED:g} (|x| up to {max(abs(lo[0]), abs(hi[0])):.4g}): these look "
+                            "like pixels; pass --image-size W H")
+    where = (f"more than one image size outside the {image_size[0]:g} x {image_size[1]:g} image" if pixel
+             else f"beyond +-{OFF_IMAGE_NORMALIZED:g} in normalised units")
+    if len(no_usable) and not skip_empty:
+        raise KeypointError(f"{kp.path}: {len(no_usable)} of {F} frames have no usable joint (every joint undetected "
+                            f"or {where}): {_frames_text(no_usable, kp.frame_ids)}; pass --skip-empty to leave "
+                            "them out")
+    skipped = np.array(sorted(empty + no_usable), dtype=np.int64)
+    frames = np.setdiff1d(np.arange(F, dtype=np.int64), skipped)
+    if len(frames) == 0:
+        raise KeypointError(f"{kp.path}: all {F} frames are empty or have no usable joint; nothing to lift")
+    notes, warnings = [], []
+    if len(empty):
+        notes.append(f"skipped {len(empty)} empty frames ({_frames_text(empty, kp.frame_ids)})")
+    if len(no_usable):
+        notes.append(f"skipped {len(no_usable)} frames with no usable joint ({_frames_text(no_usable, kp.frame_ids)})")
+    if n_missing:
+        notes.append(f"{n_missing} undetected joints (at pixel 0,0) in {frames_missing} frames: marked weak and "
+                     "given a stand-in position; those frames are marked unreliable")
+    if n_off:
+        warnings.append(f"{kp.path}: {n_off} joints in {frames_off} frames lie {where}: treated as undetected "
+                        "(marked weak, given a stand-in position, the frames marked unreliable)")
+    if kp.has_scores and score_max <= 0:
+        warnings.append(f"{kp.path}: every detector score is {score_max:g} or below: no joint was seen with any "
+                        "confidence, so with --min-score above that every joint is weak and every frame unreliable "
+                        "(if the third channel is not a confidence, drop it)")
+    return InputPlan(frames=frames, skipped=skipped, pixel=pixel, image_size=image_size,
+                     missing_joints=n_missing, frames_with_missing=frames_missing, off_image_joints=n_off,
+                     frames_with_off_image=frames_off, notes=notes, warnings=warnings)
 
 
 def sample_poses(kp: Keypoints, frames: np.ndarray, n: int = 2000, pixel: bool = True) -> np.ndarray:
@@ -569,23 +645,73 @@ def screen_normalize(xy: np.ndarray, w: float, h: float) -> np.ndarray:
     return normalize_screen_coordinates(xy, w, h)
 
 
+@functools.lru_cache(maxsize=None)
+def _hop_distances(skeleton_name: str) -> np.ndarray:
+    """[J, J] number of bones between two joints of a skeleton (Floyd-Warshall on 17 nodes)."""
+    skel = SKELETONS[skeleton_name]
+    J = skel.num_joints
+    d = np.full((J, J), np.inf)
+    np.fill_diagonal(d, 0)
+    for c, p in skel.bones:
+        d[c, p] = d[p, c] = 1
+    for k in range(J):
+        d = np.minimum(d, d[:, k:k + 1] + d[k:k + 1, :])
+    return d
+
+
+def stand_in_missing(xy: np.ndarray, missing: np.ndarray, skeleton_name: str) -> np.ndarray:
+    """xy [n, J, 2] with each missing joint replaced by the mean of the usable joints nearest to it
+    along the skeleton's bones (a wrist by its elbow, the pelvis by a usable hip): a short bone
+    the model can lift, where the raw value (pixel 0,0 or 1e30) would drag the whole pose off.
+    Every frame must have a usable joint (check_keypoints skips or refuses the others)."""
+    d = _hop_distances(skeleton_name)
+    usable = ~missing
+    dist = np.where(usable[:, None, :], d[None], np.inf)  # [n, J (missing), J (candidate)]
+    nearest = dist == dist.min(-1, keepdims=True)
+    nearest &= np.isfinite(dist)
+    count = nearest.sum(-1, keepdims=True)
+    src = np.where(usable[..., None], xy, 0.0)  # never multiply a garbage value, even by 0
+    fill = np.einsum("njk,nkc->njc", nearest.astype(xy.dtype), src) / np.maximum(count, 1)
+    return np.where(missing[..., None], fill, xy)
+
+
+@dataclass
+class PreparedChunk:
+    """A chunk of frames ready to lift, in the model's joint order."""
+
+    pose2d: np.ndarray  # [n, J, 2] the model's input, screen-normalised
+    keypoints2d: np.ndarray  # [n, J, 2] the same in the input's units (a missing joint: its stand-in)
+    weak: np.ndarray  # [n, J] score below min_score, undetected, or off the image
+    score: Optional[np.ndarray]  # [n, J] or None
+    missing: np.ndarray  # [n, J] undetected or off the image: lifted from a stand-in position
+    unreliable: np.ndarray  # [n] a missing joint, or more than UNRELIABLE_WEAK_FRACTION of the joints weak
+
+
 def prepare_chunk(kp: Keypoints, frames: np.ndarray, plan: InputPlan, src: str, dst: str,
-                  min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """For input frames `frames`: (pose2d [n, J, 2] normalised, keypoints2d [n, J, 2] in the input's
-    units, weak [n, J] bool, score [n, J] or None), all in the model's layout dst."""
+                  min_score: float) -> PreparedChunk:
+    """The input frames `frames` (kept by check_keypoints), in the model's layout dst: joints that
+    are undetected or far off the image are flagged and replaced (`stand_in_missing`), never fed
+    as they are; the frames they are in, and those mostly weak, are marked unreliable."""
     a = np.asarray(kp.data[frames], dtype=np.float64)
     xy = a[..., :2]
     score = a[..., 2] if kp.has_scores else None
-    missing = (xy == 0).all(-1) if plan.pixel else np.zeros(xy.shape[:2], dtype=bool)
-    xy, score, missing = convert_layout(xy, score, missing, src, dst)
+    undetected, far = unusable_joints(xy, plan.pixel, plan.image_size)
+    with np.errstate(over="ignore", invalid="ignore"):  # a derived joint of garbage sources: replaced below
+        xy, score, missing = convert_layout(xy, score, undetected | far, src, dst)
+    none = missing.all(-1)
+    if none.any():  # only joints the model's skeleton does not use are usable (COCO's ears, say)
+        raise KeypointError(f"{kp.path}: no joint the {dst} skeleton uses is usable in "
+                            f"{_frames_text(frames[none].tolist(), kp.frame_ids)}; leave those frames out or fix them")
+    if missing.any():
+        xy = stand_in_missing(xy, missing, dst)
     weak = missing.copy()
     if score is not None:
         weak |= score < min_score
-    if plan.pixel:
-        pose2d = screen_normalize(xy, *plan.image_size)
-    else:
-        pose2d = xy.astype(np.float32)
-    return pose2d, xy.astype(np.float32), weak, None if score is None else score.astype(np.float32)
+    unreliable = missing.any(-1) | (weak.mean(-1) > UNRELIABLE_WEAK_FRACTION)
+    pose2d = screen_normalize(xy, *plan.image_size) if plan.pixel else xy
+    return PreparedChunk(pose2d=pose2d.astype(np.float32), keypoints2d=xy.astype(np.float32), weak=weak,
+                         score=None if score is None else score.astype(np.float32), missing=missing,
+                         unreliable=unreliable)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -620,11 +746,77 @@ def check_output_path(path: PathLike, inputs: Sequence[PathLike] = (), formats=O
     return path
 
 
+_PART = ".part-"  # .<output name>.part-<host>-<pid>-<random>: the temporaries of a running lift
+_LEGACY_PART = re.compile(r"[a-z0-9_]{8}")  # .<output name>.<8 random>: those of diffupose before the pid tag
+_PART_FILES = {"pose3d.npy", "hypotheses.npy", "spread.npy", "weak.npy", "unreliable.npy", "pose2d.npy",
+               "keypoints2d.npy", "frame_index.npy", "score.npy", "out.npz", "out.json"}
+STALE_PART_SECONDS = 24 * 3600  # a temporary folder of another host (or untagged) is stale after this
+
+
+def _host_tag() -> str:
+    import platform
+
+    return re.sub(r"[^A-Za-z0-9]", "", platform.node())[:32] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process (or not a pid we can ask about): leave its folder alone
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> list[Path]:
+    """Remove the temporary folders that earlier lifts to `path` left beside it when they were
+    killed (SIGKILL, a power cut: nothing runs to clean up): this host's whose process is gone,
+    and any older than STALE_PART_SECONDS (another host's, on a shared disk; or untagged ones of
+    older versions, recognised by holding only lift temporaries). Returns what was removed."""
+    import shutil
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    head = f".{path.name}."
+    host, removed = _host_tag(), []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    now = time.time()
+    for ent in entries:
+        if not ent.name.startswith(head) or not ent.is_dir(follow_symlinks=False):
+            continue
+        rest = ent.name[len(head) - 1:]
+        try:
+            old = now - ent.stat(follow_symlinks=False).st_mtime > STALE_PART_SECONDS
+        except OSError:
+            continue
+        if rest.startswith(_PART):
+            tag = rest[len(_PART):].split("-")
+            mine = len(tag) >= 3 and tag[0] == host and tag[1].isdigit()
+            stale = (mine and not _pid_alive(int(tag[1]))) or old
+        elif _LEGACY_PART.fullmatch(rest[1:]):
+            try:
+                stale = old and set(os.listdir(ent.path)) <= _PART_FILES
+            except OSError:
+                stale = False
+        else:
+            continue
+        if stale:
+            shutil.rmtree(ent.path, ignore_errors=True)
+            removed.append(Path(ent.path))
+    return removed
+
+
 class LiftWriter:
     """Writes lift results batch by batch. .npz: arrays go to memory-mapped temporaries beside the
     output and np.savez copies them into the archive in chunks, so memory stays bounded whatever
     the length; .json: frames are streamed as they come. Either way the file appears atomically
-    (a temporary renamed at the end) and nothing is left behind on failure."""
+    (a temporary renamed at the end) and nothing is left behind on failure, Ctrl-C or SIGTERM;
+    the folder a SIGKILL leaves (`.<name>.part-<host>-<pid>-*`) is removed by the next lift to
+    the same output (`remove_stale_temporaries`)."""
 
     def __init__(self, path: PathLike, *, frames: int, n_hyp: int, joint_names: Sequence[str], meta: dict,
                  has_scores: bool, frame_ids: Optional[np.ndarray] = None):
@@ -634,7 +826,9 @@ class LiftWriter:
         self.joint_names, self.meta, self.has_scores = list(joint_names), meta, has_scores
         self.frame_ids = frame_ids
         parent = self.path.parent if str(self.path.parent) else Path(".")
-        self._tmpdir = tempfile.TemporaryDirectory(dir=parent, prefix=f".{self.path.name}.")
+        self.removed_stale = remove_stale_temporaries(self.path)
+        self._tmpdir = tempfile.TemporaryDirectory(
+            dir=parent, prefix=f".{self.path.name}{_PART}{_host_tag()}-{os.getpid()}-")
         tmp = Path(self._tmpdir.name)
         self._final_tmp = tmp / ("out" + self.path.suffix)
         self._done = 0
@@ -656,6 +850,7 @@ class LiftWriter:
                 "hypotheses": mm("hypotheses", (F, N, J, 3), np.float32),
                 "spread": mm("spread", (F, J), np.float32),
                 "weak": mm("weak", (F, J), np.bool_),
+                "unreliable": mm("unreliable", (F,), np.bool_),
                 "pose2d": mm("pose2d", (F, J, 2), np.float32),
                 "keypoints2d": mm("keypoints2d", (F, J, 2), np.float32),
                 "frame_index": mm("frame_index", (F,), np.int64),
@@ -663,7 +858,8 @@ class LiftWriter:
             if has_scores:
                 self.arrays["score"] = mm("score", (F, J), np.float32)
 
-    def write(self, *, pose3d, hypotheses, spread, weak, pose2d, keypoints2d, frame_index, score=None) -> None:
+    def write(self, *, pose3d, hypotheses, spread, weak, unreliable, pose2d, keypoints2d, frame_index,
+              score=None) -> None:
         n = len(pose3d)
         s, e = self._done, self._done + n
         if e > self.F:
@@ -678,7 +874,8 @@ class LiftWriter:
                     fid = self.frame_ids[frame_index[i]]
                     fr["id"] = fid.item() if hasattr(fid, "item") else fid
                 fr.update(pose3d=r(pose3d[i]), spread=r(spread[i]), weak=np.asarray(weak[i]).tolist(),
-                          hypotheses=r(hypotheses[i]), pose2d=r(pose2d[i]), keypoints2d=r(keypoints2d[i], 3))
+                          unreliable=bool(unreliable[i]), hypotheses=r(hypotheses[i]), pose2d=r(pose2d[i]),
+                          keypoints2d=r(keypoints2d[i], 3))
                 if score is not None:
                     fr["score"] = r(score[i], 4)
                 self._f.write(("" if self._first else ",\n") + json.dumps(fr, separators=(",", ":")))
@@ -687,6 +884,7 @@ class LiftWriter:
             a = self.arrays
             a["pose3d"][s:e], a["hypotheses"][s:e], a["spread"][s:e] = pose3d, hypotheses, spread
             a["weak"][s:e], a["pose2d"][s:e], a["keypoints2d"][s:e] = weak, pose2d, keypoints2d
+            a["unreliable"][s:e] = unreliable
             a["frame_index"][s:e] = frame_index
             if score is not None:
                 a["score"][s:e] = score
@@ -734,6 +932,7 @@ class LiftOutput:
     meta: dict
     frame_id: Optional[np.ndarray] = None  # [F] the input's own ids (COCO image_id), if it had them
     path: Optional[Path] = None  # the file it was read from (named in errors)
+    unreliable: Optional[np.ndarray] = None  # [F] (outputs of older versions lack it)
 
 
 def npz_member_memmap(path: PathLike, name: str) -> Optional[np.ndarray]:
@@ -791,6 +990,8 @@ def read_lift_output(path: PathLike) -> LiftOutput:
             arr["frame_index"] = np.array([f["frame"] for f in frames])
             if all("id" in f for f in frames):
                 arr["frame_id"] = np.array([f["id"] for f in frames])
+            if all("unreliable" in f for f in frames):
+                arr["unreliable"] = np.array([f["unreliable"] for f in frames], dtype=bool)
             names, meta = tuple(doc["joint_names"]), doc["meta"]
         elif path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -799,7 +1000,7 @@ def read_lift_output(path: PathLike) -> LiftOutput:
                     raise KeypointError(f"{what} (missing {', '.join(missing)})")
                 names, meta = tuple(str(n) for n in z["joint_names"]), parse_json(str(z["meta"]), f"{path}[meta]",
                                                                                      KeypointError)
-                keys = [k for k in _OUTPUT_KEYS + ("frame_id",) if k in z.files]
+                keys = [k for k in _OUTPUT_KEYS + ("frame_id", "unreliable") if k in z.files]
                 arr = {k: npz_member_memmap(path, k) for k in keys}
                 arr = {k: (z[k] if a is None else a) for k, a in arr.items()}
         else:
@@ -822,5 +1023,6 @@ def read_lift_output(path: PathLike) -> LiftOutput:
 
 
 __all__ = ["COCO17_JOINTS", "COCO_TO_H36M17", "InputPlan", "KeypointError", "Keypoints", "LAYOUTS", "LiftOutput",
-           "LiftWriter", "check_keypoints", "check_output_path", "compare_layouts", "convert_layout",
-           "prepare_chunk", "read_keypoints", "read_lift_output", "resolve_layout", "screen_normalize"]
+           "LiftWriter", "PreparedChunk", "check_keypoints", "check_output_path", "compare_layouts", "convert_layout",
+           "off_image", "prepare_chunk", "read_keypoints", "read_lift_output", "remove_stale_temporaries",
+           "resolve_layout", "screen_normalize", "stand_in_missing"]

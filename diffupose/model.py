@@ -18,9 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from .layers import FiLM, ModulatedGraphConv, TimestepEmbedding
-from .skeleton import Skeleton, get_skeleton
+from .ops.mgcn import ACTIVATIONS
+from .skeleton import SKELETONS, Skeleton, get_skeleton
+from .validate import one_of, whole_number
 
 ARCHS = ("gcn", "mlp", "unet", "regressor")
+MAX_WIDTH = 4096  # d_model, d_time
+MAX_BLOCKS = 64
 
 
 @dataclass
@@ -33,11 +37,14 @@ class ModelConfig:
     act: str = "silu"
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
-        get_skeleton(self.skeleton)
-        if self.d_model < 1 or self.n_blocks < 0 or self.d_time < 2:
-            raise ValueError(f"bad model size: d_model={self.d_model} n_blocks={self.n_blocks} d_time={self.d_time}")
+        one_of("arch", self.arch, ARCHS)
+        one_of("skeleton", self.skeleton, tuple(SKELETONS))
+        one_of("act", self.act, tuple(ACTIVATIONS))
+        # bounds well above any model here (the paper: 256 / 4 / 128) and below what cannot be
+        # allocated by mistake; a checkpoint's weights must match the config anyway
+        whole_number("d_model", self.d_model, 1, MAX_WIDTH)
+        whole_number("n_blocks", self.n_blocks, 0, MAX_BLOCKS)
+        whole_number("d_time", self.d_time, 2, MAX_WIDTH)
 
     def to_dict(self) -> dict:
         return asdict(self)

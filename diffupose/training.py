@@ -151,6 +151,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.perm: Optional[Tensor] = None
+        # the running sums of the epoch's log row, saved with the state so that a resumed epoch
+        # logs the mean over all of its batches, as an uninterrupted run does
+        self.epoch_sums: dict[str, float] = {}
+        self.epoch_batches = 0
+        self.epoch_seconds = 0.0
         self.gen = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)  # batches and flips
 
     # -- state -----------------------------------------------------------------------------------
@@ -162,6 +167,8 @@ class Trainer:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
                 "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
                 "step": self.step, "batch_in_epoch": self.batch_in_epoch, "perm": self.perm,
+                "epoch_sums": dict(self.epoch_sums), "epoch_batches": self.epoch_batches,
+                "epoch_seconds": self.epoch_seconds,
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "model_cfg": self.mcfg.to_dict(), "diffusion_cfg": self.dcfg.to_dict(), "train_cfg": self.cfg.to_dict()}
@@ -177,16 +184,25 @@ class Trainer:
         self.scaler.load_state_dict(st["scaler"])
         self.epoch, self.step, self.batch_in_epoch = st["epoch"], st["step"], st["batch_in_epoch"]
         self.perm = st["perm"].to(self.device) if st["perm"] is not None else None
+        # states of older versions lack the sums: the resumed epoch's row then averages fewer batches
+        self.epoch_sums = {k: float(v) for k, v in st.get("epoch_sums", {}).items()}
+        self.epoch_batches = int(st.get("epoch_batches", 0))
+        self.epoch_seconds = float(st.get("epoch_seconds", 0.0))
         self.gen.set_state(st["gen"])
         torch.set_rng_state(st["torch_rng"])
         if st["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(st["cuda_rng"])
 
     def resume(self) -> bool:
-        """Continue from out_dir/train_state.pt if it exists; True if resumed."""
+        """Continue from out_dir/train_state.pt if it exists; True if resumed. The log keeps the
+        rows of the epochs the state completed: a row for a later or unfinished epoch (written
+        after the last save, or for an epoch cut short by max_steps) is dropped and logged again
+        in full when the epoch ends."""
         if not self.state_path.exists():
             return False
         self.load_state_dict(load_training_state(self.state_path))
+        if self.rank == 0:
+            _drop_csv_rows_after(self.out_dir / "log.csv", self.epoch)
         return True
 
     def save(self) -> None:
@@ -250,9 +266,9 @@ class Trainer:
         while self.epoch < cfg.epochs and not done:
             if self.perm is None or self.batch_in_epoch == 0:
                 self.perm = self._new_epoch_perm()
-            sums: dict[str, float] = {}
-            ran = 0
-            t0 = time.time()
+                self.epoch_sums, self.epoch_batches, self.epoch_seconds = {}, 0, 0.0
+            sums = self.epoch_sums  # restored by resume() mid-epoch
+            t0 = time.time() - self.epoch_seconds
             bar = tqdm(total=spe, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                        disable=not cfg.progress or self.rank != 0, leave=False)
             while self.batch_in_epoch < spe:
@@ -263,17 +279,20 @@ class Trainer:
                 for k, v in info.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 self.batch_in_epoch += 1
-                ran += 1
+                self.epoch_batches += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(info['loss']):.4f}")
                 if cfg.max_steps and self.step >= cfg.max_steps:
                     done = True
                     break
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.batch_in_epoch < spe:
+                    self.epoch_seconds = time.time() - t0
                     self.save()
             bar.close()
+            self.epoch_seconds = time.time() - t0
             row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.opt.param_groups[0]["lr"],
-                   **{k: v / max(ran, 1) for k, v in sums.items()}, "seconds": round(time.time() - t0, 2)}
+                   **{k: v / max(self.epoch_batches, 1) for k, v in sums.items()},
+                   "seconds": round(self.epoch_seconds, 2)}
             if self.batch_in_epoch >= spe:  # the epoch is complete
                 self.epoch += 1
                 self.batch_in_epoch = 0
@@ -288,17 +307,35 @@ class Trainer:
             self.save()
 
 
+def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader), list(reader.fieldnames or [])
+
+
 def _append_csv(path: Path, row: dict) -> None:
     """Append a row; the header is the first row's keys (later extra keys are appended as new
     columns by rewriting the header, so a metric first logged late is not lost)."""
     rows = []
     fields = list(row)
     if path.exists():
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            fields = list(reader.fieldnames or []) + [k for k in row if k not in (reader.fieldnames or [])]
-    rows.append(row)
+        rows, old = _read_csv(path)
+        fields = old + [k for k in row if k not in old]
+    _write_csv(path, rows + [row], fields)
+
+
+def _drop_csv_rows_after(path: Path, epoch: int) -> None:
+    """Keep the log rows of epochs 1..epoch (the header as it is)."""
+    if not path.exists():
+        return
+    rows, fields = _read_csv(path)
+    kept = [r for r in rows if str(r.get("epoch", "")).isdigit() and int(r["epoch"]) <= epoch]
+    if len(kept) != len(rows):
+        _write_csv(path, kept, fields)
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    """Atomically (a temporary renamed): a kill mid-write leaves the old log."""
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, restval="")

@@ -65,6 +65,9 @@ def test_other_architecture(tmp_path):
     (lambda c: c["model"].update(arch="transformer"), "bad config"),
     (lambda c: c["model"].update(extra=1), "unknown keys"),
     (lambda c: c.pop("diffusion"), "missing the 'diffusion'"),
+    (lambda c: c["diffusion"].update(pose_scale=1e30), "pose_scale must be within"),
+    (lambda c: c["model"].update(d_model=20000), "d_model must be within"),
+    (lambda c: c["diffusion"].update(T=1e9), "T must be a whole number"),
 ])
 def test_bad_configs(tmp_path, edit, match):
     _save(tmp_path)
@@ -101,3 +104,16 @@ def test_training_state_is_loaded_safely(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="not a readable training state"):
         load_training_state(tmp_path / "evil.pt")
+
+
+def test_integer_weights_rejected(tmp_path):
+    """An integer tensor would be cast silently (every weight rounded): refused from the header."""
+    from safetensors.torch import load_file, save_file
+
+    _save(tmp_path)
+    state = load_file(str(tmp_path / "ck.safetensors"))
+    k = sorted(state)[0]
+    state[k] = (state[k] * 10).to(torch.int64)
+    save_file(state, str(tmp_path / "ck.safetensors"))
+    with pytest.raises(CheckpointError, match=f"weights must be floating point, but {k} is I64"):
+        load_checkpoint(tmp_path / "ck")

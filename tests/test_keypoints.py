@@ -295,11 +295,17 @@ def test_undetected_joints_are_weak_and_scores_flag(tmp_path):
     kp = _kp(tmp_path, a)
     plan = check_keypoints(kp, image_size=(1000, 800), normalized=False, skip_empty=False)
     assert plan.missing_joints == 1 and any("undetected" in n for n in plan.notes)
-    pose2d, kp2d, weak, score = prepare_chunk(kp, plan.frames, plan, "coco17", "h36m17", min_score=0.3)
+    c = prepare_chunk(kp, plan.frames, plan, "coco17", "h36m17", min_score=0.3)
     h = H36M17.index
-    assert set(zip(*np.nonzero(weak))) == {(1, h("l_hip")), (1, h("pelvis")), (1, h("spine")), (2, h("r_wrist"))}
-    np.testing.assert_allclose(pose2d, normalize_screen_coordinates(kp2d, 1000, 800), atol=1e-6)
-    assert score[2, h("r_wrist")] == pytest.approx(0.1)
+    assert set(zip(*np.nonzero(c.weak))) == {(1, h("l_hip")), (1, h("pelvis")), (1, h("spine")), (2, h("r_wrist"))}
+    np.testing.assert_allclose(c.pose2d, normalize_screen_coordinates(c.keypoints2d, 1000, 800), atol=1e-6)
+    assert c.score[2, h("r_wrist")] == pytest.approx(0.1)
+    # the undetected hip is lifted from a stand-in (never from pixel 0, 0), and only its frame is unreliable
+    np.testing.assert_array_equal(c.unreliable, [False, True, False, False])
+    assert set(zip(*np.nonzero(c.missing))) == {(1, h("l_hip")), (1, h("pelvis")), (1, h("spine"))}
+    r_hip = xy[1, COCO17_JOINTS.index("r_hip")]
+    np.testing.assert_allclose(c.keypoints2d[1, h("pelvis")], r_hip, rtol=1e-6)  # the usable hip beside it
+    np.testing.assert_allclose(c.keypoints2d[1, h("l_hip")], c.keypoints2d[1, h("l_knee")], rtol=1e-6)
 
 
 def test_resolve_layout(tmp_path):
@@ -324,6 +330,7 @@ def _fill(writer, F, N, J, chunk=3, seed=0, scores=True):
     ref = {"pose3d": rng.normal(size=(F, J, 3)).astype(np.float32),
            "hypotheses": rng.normal(size=(F, N, J, 3)).astype(np.float32),
            "spread": rng.uniform(size=(F, J)).astype(np.float32), "weak": rng.uniform(size=(F, J)) < 0.3,
+           "unreliable": rng.uniform(size=F) < 0.5,
            "pose2d": rng.normal(size=(F, J, 2)).astype(np.float32),
            "keypoints2d": rng.uniform(0, 900, (F, J, 2)).astype(np.float32),
            "frame_index": np.arange(F, dtype=np.int64) * 2, "score": rng.uniform(size=(F, J)).astype(np.float32)}
@@ -350,6 +357,7 @@ def test_writer_round_trip(tmp_path, ext):
     for k in ("pose3d", "hypotheses", "spread", "pose2d"):
         np.testing.assert_allclose(getattr(res, k), ref[k], atol=tol, rtol=0, err_msg=k)
     np.testing.assert_array_equal(res.weak, ref["weak"])
+    np.testing.assert_array_equal(res.unreliable, ref["unreliable"])
     np.testing.assert_array_equal(res.frame_index, ref["frame_index"])
     np.testing.assert_array_equal(res.frame_id, ids[ref["frame_index"]])
     assert res.joint_names == H36M17.joints and res.meta["x"] == 1

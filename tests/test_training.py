@@ -53,6 +53,35 @@ def test_resume_continues_exactly(tmp_path, stop_at):
         torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
     for k, v in full.ema_model().state_dict().items():
         torch.testing.assert_close(resumed.ema_model().state_dict()[k], v, rtol=0, atol=0, msg=k)
+    # the log too: the resumed epoch's row averages all of its batches (the running sums are in
+    # the state) and the row of the epoch cut short is replaced, not kept beside the full one
+    full_log, resumed_log = _log(tmp_path / "full"), _log(tmp_path / "part")
+    assert [r["epoch"] for r in resumed_log] == ["1", "2", "3"]
+    assert full_log == resumed_log
+
+
+def _log(run_dir):
+    """log.csv rows without the wall-clock column."""
+    import csv
+
+    with open(run_dir / "log.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_resume_after_a_kill_between_log_and_save(tmp_path):
+    """A row logged after the last save (the process killed before saving) is not doubled."""
+    full = make(tmp_path / "full", epochs=2)
+    full.run()
+    part = make(tmp_path / "part", epochs=2, max_steps=4, save_every=1)
+    part.run()  # stops mid-epoch 2 after step 4 (3 steps per epoch), saved at step 4
+    state = (tmp_path / "part" / "train_state.pt").read_bytes()
+    with open(tmp_path / "part" / "log.csv", "a") as f:
+        f.write("2,6,0.001,9.9,9.9,9.9,1.0\n")  # as if epoch 2 had ended and been logged, then killed
+    (tmp_path / "part" / "train_state.pt").write_bytes(state)
+    resumed = make(tmp_path / "part", epochs=2)
+    assert resumed.resume()
+    resumed.run()
+    assert _log(tmp_path / "full") == _log(tmp_path / "part")
 
 
 def test_resume_refuses_another_config(tmp_path):
