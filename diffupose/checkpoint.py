@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .diffusion import Diffusion, DiffusionConfig
+from .data.user_files import read_json_file, require_regular_file
 from .model import ModelConfig, build_model
 
 FORMAT = "diffupose-checkpoint"
@@ -87,12 +88,8 @@ def save_checkpoint(path: PathLike, model: nn.Module, diffusion_cfg: DiffusionCo
 
 def read_config(path: PathLike) -> dict:
     _, cpath = checkpoint_paths(path)
-    if not cpath.is_file():
-        raise CheckpointError(f"checkpoint config not found: {cpath}")
-    try:
-        config = json.loads(cpath.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint config {cpath} is not valid JSON ({e})") from None
+    # a regular file only (a FIFO named model.json would block), nesting and encoding checked
+    config = read_json_file(cpath, "checkpoint config", CheckpointError, CheckpointError)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{cpath} is not a diffupose checkpoint config (format is not {FORMAT!r})")
     if not isinstance(config.get("version"), int) or config["version"] > VERSION:
@@ -152,8 +149,7 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu") ->
         dcfg = DiffusionConfig.from_dict(config["diffusion"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{cpath}: bad config: {e}") from None
-    if not wpath.is_file():
-        raise CheckpointError(f"checkpoint weights not found: {wpath}")
+    require_regular_file(wpath, "checkpoint weights", CheckpointError, CheckpointError)
     check_weights_header(wpath, cpath, mcfg)
     try:
         state = load_file(str(wpath))
