@@ -103,8 +103,10 @@ def _extensions():
         # Without a GPU torch cannot guess the architectures (and fails with an IndexError).
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
         extra["cxx"] = cxx + ["-DDIFFUPOSE_WITH_CUDA"]
-        extra["nvcc"] = ["-O3", "-DDIFFUPOSE_WITH_CUDA", "--use_fast_math",
-                         "-lineinfo", "--expt-relaxed-constexpr"]
+        # No --use_fast_math: it turns philox.h's logf / cosf into __logf / __cosf, whose absolute
+        # error near u = 1 is amplified by Box-Muller's sqrt(-2 log u), and the sampler's divisions
+        # into approximate ones: the noise would no longer match the CPU's (tests/ops/test_sampler_step.py).
+        extra["nvcc"] = ["-O3", "-DDIFFUPOSE_WITH_CUDA", "-lineinfo", "--expt-relaxed-constexpr"]
         ext = ce.CUDAExtension("diffupose._C", sources + cuda_sources, include_dirs=include_dirs,
                                extra_compile_args=extra, extra_link_args=["-fopenmp"])
     else:
