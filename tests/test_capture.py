@@ -378,3 +378,52 @@ def test_step_launch_budget_triton(monkeypatch):
         counts.append(len(torch_ops) + len(launches))
     layers = 2 + 2 * n_blocks
     assert counts[1] - counts[0] <= 1 + layers + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# on a GPU: the real capture (skipped here)
+# ---------------------------------------------------------------------------------------------
+def _cuda_pair(backend, device="cuda", **kw):
+    from tests.helpers import skip_unless_backend
+
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA graphs need a GPU (none on this machine)")
+    if backend != "reference":
+        skip_unless_backend(backend)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(d_model=64, n_blocks=2)).to(device)
+    diff = Diffusion(DiffusionConfig())
+    args = dict(n_hyp=4, steps=3, batch_frames=16, seed=3, backend=backend, device=device, **kw)
+    return model, Lifter(model, diff, cuda_graph=False, **args), Lifter(model, diff, cuda_graph=True, **args)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graph_with_flip_matches_eager_on_cuda(backend, dtype):
+    _, eager, graphed = _cuda_pair(backend, flip=True, dtype=dtype)
+    y = torch.randn(21, 17, 2, device="cuda") * 0.3  # a full batch and a padded one of 5 (bucket 16)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(graphed(y).hypotheses, eager(y).hypotheses, rtol=tol, atol=tol)
+    torch.testing.assert_close(graphed(y[:3]).hypotheses, eager(y[:3]).hypotheses, rtol=tol, atol=tol)  # bucket 4
+
+
+def test_graph_follows_parameter_updates_on_cuda():
+    model, eager, graphed = _cuda_pair("auto")
+    y = torch.randn(8, 17, 2, device="cuda") * 0.3
+    graphed(y)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.01)
+    graphed.reseed(3)
+    eager.reseed(3)
+    torch.testing.assert_close(graphed(y).hypotheses, eager(y).hypotheses, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_graph_on_second_gpu(backend):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    _, eager, graphed = _cuda_pair(backend, device="cuda:1")
+    y = torch.randn(16, 17, 2, device="cuda:1") * 0.3
+    with torch.cuda.device(0):  # the current device is not the lifter's
+        torch.testing.assert_close(graphed(y).hypotheses, eager(y).hypotheses, rtol=1e-4, atol=1e-4)
