@@ -427,3 +427,31 @@ def test_graph_on_second_gpu(backend):
     y = torch.randn(16, 17, 2, device="cuda:1") * 0.3
     with torch.cuda.device(0):  # the current device is not the lifter's
         torch.testing.assert_close(graphed(y).hypotheses, eager(y).hypotheses, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_kernel_budget_on_cuda(backend, dtype):
+    """GPU kernels one more DDIM step launches (profiler): the concat, per graph convolution one GEMM
+    and one epilogue kernel on CUDA (one fused kernel on Triton) plus the x cast at half on CUDA,
+    the cast of the sampler state at half, the sampler step."""
+    from torch.autograd import DeviceType
+
+    model, eager, _ = _cuda_pair(backend, dtype=dtype)
+    y = torch.randn(8, 17, 2, device="cuda") * 0.3
+    n_blocks = 2
+    layers = 2 + 2 * n_blocks
+    counts = []
+    for steps in (2, 3):
+        eager.steps = steps
+        with torch.no_grad():
+            eager._run(y, 8)
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                eager._run(y, 8)
+                torch.cuda.synchronize()
+        counts.append(sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA))
+    half = dtype != torch.float32
+    per_layer = (2 + half) if backend == "cuda" else 1
+    budget = 1 + layers * per_layer + half + 1
+    assert counts[1] - counts[0] <= budget, f"{counts[1] - counts[0]} kernels per step > {budget}"
