@@ -56,12 +56,14 @@ def philox_normal(seed, counter, INTERP: tl.constexpr):
 @triton.jit
 def _step_update(x, e, z, sqrt_abar, sqrt_1m_abar, c_x0, c_eps, sigma, clip, CLIP: tl.constexpr,
                  NOISE: tl.constexpr):
-    """x_t, eps, z (fp32) -> x_{t-1}; csrc/common/sampler_math.h::sampler_update."""
-    x0 = (x - sqrt_1m_abar * e) / sqrt_abar
+    """x_t, eps, z (fp32) -> x_{t-1}; csrc/common/sampler_math.h::sampler_update. IEEE divisions
+    (div_rn), as the CPU and CUDA kernels divide: Triton's `/` is approximate (2 ulp), and the
+    clipped branch's eps divides a difference by sqrt(1 - abar), which can be small."""
+    x0 = tl.math.div_rn(x - sqrt_1m_abar * e, sqrt_abar)
     if CLIP:
         x0 = tl.minimum(tl.maximum(x0, -clip), clip)
         # eps consistent with the clipped x0 (as DDIM implementations do)
-        e = (x - sqrt_abar * x0) / sqrt_1m_abar
+        e = tl.math.div_rn(x - sqrt_abar * x0, sqrt_1m_abar)
     v = c_x0 * x0 + c_eps * e
     if NOISE:
         v += sigma * z

@@ -151,3 +151,16 @@ def test_noise_precision_bound(backend):
     z = sampler_step(zeros, zeros, state, 3, NOISE_COEFS, backend=backend)[0].flatten().cpu()
     ref = philox_normal_ref(2**40 + 17, 2**33 + 8 + torch.arange(n))
     torch.testing.assert_close(z, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_cuda_build_keeps_precise_math():
+    """The noise's bound needs precise logf / cosf / division in the CUDA kernels: setup.py must
+    not pass --use_fast_math (or its parts) to nvcc. (The GPU itself checks the bound above.)"""
+    import re
+    from pathlib import Path
+
+    setup = (Path(__file__).resolve().parents[2] / "setup.py").read_text()
+    nvcc_flags = re.search(r'extra\["nvcc"\]\s*=\s*\[(.*?)\]', setup, re.S)
+    assert nvcc_flags, "setup.py: the nvcc flags list was not found"
+    for flag in ("use_fast_math", "ftz=true", "prec-div=false", "prec-sqrt=false"):
+        assert flag not in nvcc_flags.group(1), flag
