@@ -450,7 +450,8 @@ def test_step_kernel_budget_on_cuda(backend, dtype):
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 eager._run(y, 8)
                 torch.cuda.synchronize()
-        counts.append(sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA))
+        # a GEMM is one launch of ours even where cuBLAS's heuristics add a split-K reduction kernel
+        counts.append(sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA and "splitKreduce" not in e.name))
     half = dtype != torch.float32
     per_layer = (2 + half) if backend == "cuda" else 1
     budget = 1 + layers * per_layer + half + 1
