@@ -8,13 +8,15 @@
 #   env         nvidia-smi, versions (python, torch, triton, nvcc, ncu, compute-sanitizer), needed modules
 #   build       venv (--system-site-packages: nothing is downloaded), extension for sm_90 only
 #               (TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=16), `pip install --no-build-isolation --no-deps -e .`
-#   tests       the CUDA and Triton tests (ops, engine, capture)
+#   tests_cuda  the CUDA-op, GPU-reference and GPU-only tests (ops, engine, capture)
+#   tests_triton the Triton tests (compiled)
 #   memcheck    compute-sanitizer memcheck on the CUDA op tests (small sizes)
 #   racecheck   compute-sanitizer racecheck on the same
-#   fps_fp32    bench/fps.py: eager, compile, fused, graph; batch 1 / 1024 / 65536; N 1 and 10
+#   fps_fp32    bench/fps.py: eager, fused, graph; batch 1 / 1024 / 65536; N 1 and 10 (compile disabled)
 #   fps_bf16    the same at bf16
 #   table6      bench/fps.py --table6
 #   train       bench/train_throughput.py
+#   fps_compile bench/fps.py's compile path (with the others) at batch 1024, N 10
 # Everything lands in OUT_DIR: one log per stage, the JSON of the benchmarks, and summary.txt with
 # each stage's rc and seconds (rc 124: the stage ran out of its time). GPU_CHECK_STAGES="env tests"
 # runs only those stages; GPU_CHECK_BUDGET (default 540 s) caps all stages together.
@@ -155,17 +157,22 @@ fi
 # ---------------------------------------------------------------------------------------------
 # tests and sanitizers
 # ---------------------------------------------------------------------------------------------
-PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o addopts= -rs)
+# -v: one line per test as it finishes, so a stage cut off by its timeout still says how far it got
+PYTEST=("$PY" -m pytest -v -p no:cacheprovider -o addopts= -rfEs --durations=10)
 if [ "$DRY" = 1 ]; then
-  run_stage tests 120 "${PYTEST[@]}" tests/test_capture.py -k "frame_bucket or checker or flip_pose"
+  run_stage tests_cuda 120 "${PYTEST[@]}" tests/test_capture.py -k "frame_bucket or checker or flip_pose"
+  run_stage tests_triton 120 "${PYTEST[@]}" tests/test_capture.py -k "triton_launchers"
   skip_stage memcheck "dry run: no GPU"
   skip_stage racecheck "dry run: no GPU"
 else
-  run_stage tests 150 "${PYTEST[@]}" tests/ops tests/test_engine.py tests/test_capture.py -k "cuda or triton or graph"
-  SAN_TESTS=(tests/ops/test_mgcn.py tests/ops/test_sampler_step.py -k "cuda and (epilogues or matches_reference or empty)")
+  GPU_TESTS=(tests/ops tests/test_engine.py tests/test_capture.py)
+  # the CUDA op, the reference on the GPU and the GPU-only tests; then the Triton ones (they compile)
+  run_stage tests_cuda 70 "${PYTEST[@]}" "${GPU_TESTS[@]}" -k "not triton and not cpu"
+  run_stage tests_triton 100 "${PYTEST[@]}" "${GPU_TESTS[@]}" -k "triton"
+  SAN_TESTS=(tests/ops/test_mgcn.py tests/ops/test_sampler_step.py -k "cuda and (epilogues or matches_reference-False or empty)")
   if command -v compute-sanitizer > /dev/null; then
-    run_stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 "${PYTEST[@]}" "${SAN_TESTS[@]}"
-    run_stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 3 "${PYTEST[@]}" "${SAN_TESTS[@]}"
+    run_stage memcheck 40 compute-sanitizer --tool memcheck --error-exitcode 3 "${PYTEST[@]}" "${SAN_TESTS[@]}"
+    run_stage racecheck 40 compute-sanitizer --tool racecheck --error-exitcode 3 "${PYTEST[@]}" "${SAN_TESTS[@]}"
   else
     skip_stage memcheck "compute-sanitizer not found"
     skip_stage racecheck "compute-sanitizer not found"
@@ -173,7 +180,10 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-# benchmarks
+# benchmarks. bench/fps.py's compile path autotunes (mode max-autotune) for every shape, minutes
+# each, and runs before the fused and graph paths: the sweeps run with TORCH_COMPILE_DISABLE=1
+# (their "compile" rows are then eager: ignore them), and the compiled path is measured on its
+# own at the end (batch 1024, N 10; GEMM autotuning among ATen's kernels only), as time allows.
 # ---------------------------------------------------------------------------------------------
 if [ "$DRY" = 1 ]; then
   TINY=(--device cpu --d-model 16 --blocks 1 --repeats 1 --warmup 0)
@@ -185,13 +195,18 @@ if [ "$DRY" = 1 ]; then
     --json "$DEST/table6.json"
   run_stage train 60 "$PY" bench/train_throughput.py --device cpu --d-model 16 --blocks 1 --batch 8 --repeats 1 \
     --warmup 0 --json "$DEST/train.json"
+  run_stage fps_compile 120 "$PY" bench/fps.py "${TINY[@]}" --compile --ddim-steps 1 --batch 2 --hyp 1 --dtype fp32 \
+    --budget 5 --json "$DEST/fps_compile.json"
 else
-  run_stage fps_fp32 75 "$PY" bench/fps.py --ddim-steps 5 --batch 1 1024 65536 --hyp 1 10 --dtype fp32 --budget 20 \
+  SWEEP=(--ddim-steps 5 --batch 1 1024 65536 --hyp 1 10 --budget 10 --repeats 10 --warmup 2)
+  run_stage fps_fp32 45 env TORCH_COMPILE_DISABLE=1 "$PY" bench/fps.py "${SWEEP[@]}" --dtype fp32 \
     --json "$DEST/fps_fp32.json"
-  run_stage fps_bf16 75 "$PY" bench/fps.py --ddim-steps 5 --batch 1 1024 65536 --hyp 1 10 --dtype bf16 --budget 20 \
+  run_stage fps_bf16 45 env TORCH_COMPILE_DISABLE=1 "$PY" bench/fps.py "${SWEEP[@]}" --dtype bf16 \
     --json "$DEST/fps_bf16.json"
-  run_stage table6 60 "$PY" bench/fps.py --table6 --max-frames 2000 --budget 20 --json "$DEST/table6.json"
-  run_stage train 45 "$PY" bench/train_throughput.py --json "$DEST/train.json"
+  run_stage table6 40 "$PY" bench/fps.py --table6 --max-frames 2000 --budget 10 --json "$DEST/table6.json"
+  run_stage train 30 "$PY" bench/train_throughput.py --json "$DEST/train.json"
+  run_stage fps_compile 90 env TORCHINDUCTOR_MAX_AUTOTUNE_GEMM_BACKENDS=ATEN "$PY" bench/fps.py --ddim-steps 5 \
+    --batch 1024 --hyp 10 --dtype fp32 --budget 10 --repeats 10 --warmup 2 --json "$DEST/fps_compile.json"
 fi
 
 note "done in $(($(date +%s) - START))s; summary:"
