@@ -46,7 +46,7 @@ run_stage() {
   fi
   local left=$((TOTAL_BUDGET - ($(date +%s) - START)))
   if [ "$left" -lt 5 ]; then
-    printf '%-10s rc=skipped  %4ss  (total budget of %ss spent)\n' "$name" 0 "$TOTAL_BUDGET" >> "$SUMMARY"
+    printf '%-12s rc=skipped  %4ss  (total budget of %ss spent)\n' "$name" 0 "$TOTAL_BUDGET" >> "$SUMMARY"
     note "$name: skipped, the total budget is spent"
     return 0
   fi
@@ -60,13 +60,13 @@ run_stage() {
   fi
   local rc=$?
   local dt=$(($(date +%s) - t0))
-  printf '%-10s rc=%-7s %4ss  %s\n' "$name" "$rc" "$dt" "$name.log" >> "$SUMMARY"
+  printf '%-12s rc=%-7s %4ss  %s\n' "$name" "$rc" "$dt" "$name.log" >> "$SUMMARY"
   note "$name: rc $rc in ${dt}s"
   return 0
 }
 
 skip_stage() {
-  printf '%-10s rc=skipped  %4ss  (%s)\n' "$1" 0 "$2" >> "$SUMMARY"
+  printf '%-12s rc=skipped  %4ss  (%s)\n' "$1" 0 "$2" >> "$SUMMARY"
   note "$1: skipped ($2)"
 }
 
