@@ -59,6 +59,26 @@ def _find_cuda_home():
     return None
 
 
+def _add_cuda_library_headers(cuda_home):
+    """The CUDA op calls cuBLAS (pinned fp32 GEMMs) and ATen's CUDA headers include cuSPARSE: a
+    full toolkit has their headers, a minimal one (nvcc and the runtime only) does not, but torch's
+    pip CUDA wheels ship them under site-packages/nvidia/*/include. Those go on CPATH, which the
+    compilers search after every -I (so the toolkit's own headers still win where both exist)."""
+    if os.path.exists(os.path.join(cuda_home, "include", "cublas_v2.h")):
+        return
+    import site
+
+    roots = site.getsitepackages() + [site.getusersitepackages()]
+    found = sorted({os.path.dirname(h) for r in roots for h in glob.glob(os.path.join(r, "nvidia", "*", "include",
+                                                                                     "cublas_v2.h"))})
+    if not found:
+        print("diffupose: WARNING cublas_v2.h is in neither %s/include nor torch's nvidia packages; "
+              "the CUDA build will fail (install the CUDA toolkit's cuBLAS headers)" % cuda_home, file=sys.stderr)
+        return
+    os.environ["CPATH"] = os.pathsep.join(found + [p for p in os.environ.get("CPATH", "").split(os.pathsep) if p])
+    print("diffupose: cuBLAS/cuSPARSE headers from %s (CPATH)" % found[0])
+
+
 def _extensions():
     if _flag("DIFFUPOSE_SKIP_EXT"):
         print("diffupose: DIFFUPOSE_SKIP_EXT=1, installing without diffupose._C")
@@ -103,8 +123,11 @@ def _extensions():
         # Without a GPU torch cannot guess the architectures (and fails with an IndexError).
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
         extra["cxx"] = cxx + ["-DDIFFUPOSE_WITH_CUDA"]
-        extra["nvcc"] = ["-O3", "-DDIFFUPOSE_WITH_CUDA", "--use_fast_math",
-                         "-lineinfo", "--expt-relaxed-constexpr"]
+        # No --use_fast_math: it turns philox.h's logf / cosf into __logf / __cosf, whose absolute
+        # error near u = 1 is amplified by Box-Muller's sqrt(-2 log u), and the sampler's divisions
+        # into approximate ones: the noise would no longer match the CPU's (tests/ops/test_sampler_step.py).
+        extra["nvcc"] = ["-O3", "-DDIFFUPOSE_WITH_CUDA", "-lineinfo", "--expt-relaxed-constexpr"]
+        _add_cuda_library_headers(cuda_home)
         ext = ce.CUDAExtension("diffupose._C", sources + cuda_sources, include_dirs=include_dirs,
                                extra_compile_args=extra, extra_link_args=["-fopenmp"])
     else:

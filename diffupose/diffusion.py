@@ -187,6 +187,8 @@ class Diffusion:
             rng_state = torch.tensor([seed, 0], dtype=torch.int64, device=y.device)
         skel = get_skeleton(flip) if isinstance(flip, str) else flip
         yy = y.to(dtype).repeat_interleave(n_hyp, 0)  # [M, J, 2], a frame's hypotheses adjacent
+        if skel is not None:  # the condition and its mirror image, made once for every step
+            yy = torch.cat([yy, flip_pose(yy, skel)], 0)
         plan = self.plan(steps, eta, ddpm)
         numel = M * J * 3
         stride = numel if counter_stride is None else counter_stride
@@ -196,7 +198,7 @@ class Diffusion:
         x, _, _ = sampler_step(zeros, zeros, rng_state, 0, NOISE_COEFS, backend=backend)  # x_T ~ N(0, I)
         mean = spread = None
         for i, (t, coefs) in enumerate(plan):
-            eps = denoise(model, x.to(dtype), yy, t, skel, backend)
+            eps = denoise(model, x.to(dtype), yy, t, skel, backend, y_has_flip=True)
             last = i == len(plan) - 1
             x, mean, spread = sampler_step(x, eps, rng_state, (i + 1) * stride, coefs, n_hyp, last, backend=backend)
         rng_state[1] += (len(plan) + 1) * stride
@@ -204,12 +206,14 @@ class Diffusion:
 
 
 def denoise(model: Denoiser, x: Tensor, y: Tensor, t, flip: Optional[Skeleton] = None,
-            backend: Optional[str] = None) -> Tensor:
-    """The model's noise prediction, optionally averaged with its mirrored prediction."""
+            backend: Optional[str] = None, y_has_flip: bool = False) -> Tensor:
+    """The model's noise prediction, optionally averaged with its mirrored prediction.
+    y_has_flip: y is already [y; flip_pose(y)] (2 x's batch), as the sampling loop makes it once.
+    Device ops only (flip_pose indexes with a cached device tensor): it runs in captured graphs."""
     if flip is None:
         return model(x, y, t, backend=backend)[0]
     xx = torch.cat([x, flip_pose(x, flip)], 0)
-    yy = torch.cat([y, flip_pose(y, flip)], 0)
+    yy = y if y_has_flip else torch.cat([y, flip_pose(y, flip)], 0)
     eps = model(xx, yy, t, backend=backend)[0]
     half = x.shape[0]
     return 0.5 * (eps[:half] + flip_pose(eps[half:], flip))

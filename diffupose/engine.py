@@ -3,9 +3,13 @@ per-joint spread. One object, `Lifter`, for every device:
 
 - on CUDA the whole k-step loop (denoiser through the fused ops, fused sampler steps, the
   aggregation, flip test-time augmentation when asked) is captured in one CUDA graph per
-  (frames per call, N, steps, dtype, flip, sampler) and replayed; inputs go through static
-  buffers, a ragged last batch is padded, and the noise is fresh on every replay because the
-  sampler kernels read (seed, offset) from a device tensor that the graph itself advances;
+  (frame bucket, every setting the loop bakes in) and replayed; inputs go through static
+  buffers, frame counts are bucketed (powers of two up to batch_frames, the batch padded with
+  its last frame) so varying clip lengths reuse a few graphs, at most `max_graphs` are kept
+  (least recently used dropped, and their memory pools with them), and the noise is fresh on
+  every replay because the sampler kernels read (seed, offset) from a device tensor that the
+  graph itself advances. Graphs read the model's inference caches and parameters by address:
+  they are dropped when any parameter or buffer changes (in place or replaced);
 - on the CPU the same loop runs eagerly through the C++ ops.
 
 Both paths run `Diffusion.sample` on the same model and the same counter-based noise, so for the
@@ -14,6 +18,8 @@ aggregate is the mean (or the per-joint median) of the hypotheses.
 """
 from __future__ import annotations
 
+import contextlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
@@ -39,32 +45,69 @@ class LiftResult:
         return LiftResult(self.mean.to(device), self.hypotheses.to(device), self.spread.to(device))
 
 
+def frame_bucket(frames: int, batch_frames: int) -> int:
+    """Frames per denoiser call for a chunk of `frames`: the next power of two, at most
+    batch_frames (full batches are batch_frames). Graphs (and the noise counters, eager or not)
+    are per bucket, so clips of any length share a handful of graphs."""
+    return min(batch_frames, 1 << max(0, frames - 1).bit_length())
+
+
+def model_state_key(model: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer is updated in place (its version counter), replaced
+    (its address) or moved: a captured graph reads them, and the caches made from them, by address."""
+    return tuple((t._version, t.data_ptr(), t.device) for t in (*model.parameters(), *model.buffers()))
+
+
+def inference_cache_refs(model: nn.Module) -> list:
+    """References to every inference-cache entry of the model (ModulatedGraphConv._affinity_cache,
+    GCNDenoiser._cond_cache): a graph holds them so that a cache entry replaced after capture is
+    not freed under it (its memory stays valid until the graph itself is dropped)."""
+    refs = []
+    for mod in model.modules():
+        for name in ("_affinity_cache", "_cond_cache"):
+            entry = getattr(mod, name, None)
+            if entry is not None:
+                refs.append(dict(entry) if isinstance(entry, dict) else entry)
+    return refs
+
+
+def cuda_device_guard(device: torch.device):
+    """Make `device` current: torch.cuda.graph() captures the current device's stream, and the
+    ops launch on their tensors' device's current stream; they must be one and the same."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 class _CapturedLoop:
     """One captured sampling loop for a fixed number of frames per replay."""
 
-    def __init__(self, run, frames: int, J: int, rng_state: Tensor):
+    def __init__(self, run, frames: int, J: int, rng_state: Tensor, model: nn.Module):
         device = rng_state.device
         self.frames = frames
-        self.y = torch.zeros(frames, J, 2, device=device)
-        state0 = rng_state.clone()
-        # warm up on a side stream (compiles Triton kernels, fills the model's inference caches)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            run(self.y)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = run(self.y)
-        rng_state.copy_(state0)  # the warm-up's draws do not count: graph and eager runs agree
+        with cuda_device_guard(device):
+            self.y = torch.zeros(frames, J, 2, device=device)
+            state0 = rng_state.clone()
+            # warm up on a side stream (compiles Triton kernels, fills the model's inference caches
+            # and the flip index tensors: nothing may be built from host data while capturing)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                run(self.y)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = run(self.y)
+            rng_state.copy_(state0)  # the warm-up's draws do not count: graph and eager runs agree
+        self.cache_refs = inference_cache_refs(model)
+        self.device = device
 
     def __call__(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n = y.shape[0]
-        self.y[:n].copy_(y)
-        if n < self.frames:  # ragged last batch: pad with the last frame, results cut off below
-            self.y[n:].copy_(y[-1:].expand(self.frames - n, -1, -1))
-        self.graph.replay()
-        return tuple(t[:n].clone() for t in self.out)
+        with cuda_device_guard(self.device):
+            self.y[:n].copy_(y)
+            if n < self.frames:  # ragged or short batch: pad with the last frame, results cut off below
+                self.y[n:].copy_(y[-1:].expand(self.frames - n, -1, -1))
+            self.graph.replay()
+            return tuple(t[:n].clone() for t in self.out)
 
 
 class Lifter:
@@ -77,16 +120,18 @@ class Lifter:
     dtype: activation dtype of the denoiser (fp32, bf16, fp16); cuda_graph: capture on CUDA
     (default True there); seed: the noise seed (reproducible: same seed, same results);
     center_root: translate every hypothesis so its root joint is exactly at 0 (default; without
-    it the mean and spread are the sampler kernel's own, the root only near 0).
+    it the mean and spread are the sampler kernel's own, the root only near 0); max_graphs: captured
+    graphs kept (one per frame bucket and settings; least recently used dropped beyond it).
     """
 
     def __init__(self, model: nn.Module, diffusion: Diffusion, *, n_hyp: int = 10, steps: int = 5,
                  sampler: str = "ddim", eta: float = 0.0, flip: bool = False, aggregate: str = "mean",
                  batch_frames: int = 1024, dtype: torch.dtype = torch.float32, cuda_graph: Optional[bool] = None,
                  seed: int = 0, backend: Optional[str] = None, device: Optional[torch.device] = None,
-                 progress: bool = False, center_root: bool = True):
-        if n_hyp < 1 or steps < 1 or batch_frames < 1:
-            raise ValueError(f"n_hyp, steps and batch_frames must be >= 1 (got {n_hyp}, {steps}, {batch_frames})")
+                 progress: bool = False, center_root: bool = True, max_graphs: int = 8):
+        if n_hyp < 1 or steps < 1 or batch_frames < 1 or max_graphs < 1:
+            raise ValueError(f"n_hyp, steps, batch_frames and max_graphs must be >= 1 (got {n_hyp}, {steps}, "
+                             f"{batch_frames}, {max_graphs})")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
         if aggregate not in AGGREGATES:
@@ -105,7 +150,9 @@ class Lifter:
         self.center_root = center_root
         self.root = self.skeleton.parents.index(-1)
         self.rng_state = torch.tensor([seed, 0], dtype=torch.int64, device=self.device)
-        self._graphs: dict[tuple, _CapturedLoop] = {}
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[tuple, _CapturedLoop] = OrderedDict()
+        self._graphs_model_key: Optional[tuple] = None
 
     # -- noise ---------------------------------------------------------------------------------
     def reseed(self, seed: int) -> None:
@@ -131,13 +178,25 @@ class Lifter:
             mean = hyp.median(dim=1).values
         return hyp * scale, mean * scale, spread * scale
 
+    def _graph_key(self, frames: int) -> tuple:
+        """Everything `_run` bakes into a captured graph as a constant. Settings may be changed on
+        the object between calls: each combination gets its graph."""
+        return (frames, self.n_hyp, self.steps, self.sampler, self.eta, self.flip, self.aggregate, self.dtype,
+                self.backend, self.center_root, id(self.diffusion), tuple(sorted(self.diffusion.cfg.to_dict().items())))
+
     def _loop_for(self, frames: int) -> _CapturedLoop:
-        # settings may be changed on the object between calls: each combination gets its graph
-        key = (frames, self.n_hyp, self.steps, self.sampler, self.eta, self.flip, self.aggregate, self.dtype,
-               self.backend)
-        if key not in self._graphs:
+        model_key = model_state_key(self.model)
+        if model_key != self._graphs_model_key:  # parameters changed: every graph reads stale or freed memory
+            self._graphs.clear()
+            self._graphs_model_key = model_key
+        key = self._graph_key(frames)
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+        else:
+            while len(self._graphs) >= self.max_graphs:
+                self._graphs.popitem(last=False)  # its graph and memory pool go with it
             run = lambda y: self._run(y, frames)  # noqa: E731
-            self._graphs[key] = _CapturedLoop(run, frames, self.skeleton.num_joints, self.rng_state)
+            self._graphs[key] = _CapturedLoop(run, frames, self.skeleton.num_joints, self.rng_state, self.model)
         return self._graphs[key]
 
     @torch.no_grad()
@@ -152,11 +211,12 @@ class Lifter:
 
             chunks = tqdm(chunks, desc=f"lifting {F} frames x {self.n_hyp} hypotheses", unit="batch")
         outs = []
-        chunk_frames = min(self.batch_frames, F)
+        # one bucket for the call (full batches; a ragged last one is padded into it), the same
+        # eager or captured, so both draw the same noise counters
+        chunk_frames = frame_bucket(min(self.batch_frames, F), self.batch_frames)
         for s in chunks:
             yc = y[s:s + self.batch_frames]
             if self.use_graph:
-                # one graph for full batches; the last ragged one is padded into it
                 outs.append(self._loop_for(chunk_frames)(yc))
             else:
                 outs.append(self._run(yc, chunk_frames))

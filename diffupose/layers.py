@@ -19,6 +19,16 @@ def modulated_affinity(adj: Tensor, p: Tensor, q: Tensor) -> Tensor:
     return d[:, None] * a * d[None, :]
 
 
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype where autocast is on for this device type, else None (also for device
+    types without autocast, such as meta, on which tests trace the sampling loop)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return None
+    return torch.get_autocast_dtype(device_type) if enabled else None
+
+
 class ModulatedGraphConv(nn.Module):
     """Modulated graph convolution (Zou & Tang 2021) over J joints, with the fused epilogue.
 
@@ -57,9 +67,10 @@ class ModulatedGraphConv(nn.Module):
 
     def forward(self, x: Tensor, scale_shift: Optional[Tensor] = None, residual: Optional[Tensor] = None,
                 backend: Optional[str] = None) -> Tensor:
-        if torch.is_autocast_enabled(x.device.type):
+        cast = autocast_dtype(x.device.type)
+        if cast is not None:
             # the fused op keeps fp32 parameters and runs activations in the autocast dtype
-            x = x.to(torch.get_autocast_dtype(x.device.type))
+            x = x.to(cast)
         return ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, scale_shift, residual, self.act, backend)
 
     def extra_repr(self) -> str:

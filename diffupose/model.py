@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .layers import FiLM, ModulatedGraphConv, TimestepEmbedding
+from .layers import FiLM, ModulatedGraphConv, TimestepEmbedding, autocast_dtype
 from .ops.mgcn import ACTIVATIONS
 from .skeleton import SKELETONS, Skeleton, get_skeleton
 from .validate import one_of, whole_number
@@ -105,24 +105,32 @@ class GCNDenoiser(nn.Module):
         self.net = GCNBackbone(self.skeleton, 5, 5, cfg.d_model, cfg.n_blocks, cfg.d_time, cfg.act)
         self._cond_cache: dict = {}
 
-    def time_conditioning(self, t, batch: int, device) -> list[Tensor]:
-        """The blocks' scale-shifts for timestep t. For a Python-int t without grad (sampling)
-        they are cached until the time-embedding or FiLM weights change, so a sampler step
-        runs only the graph convolutions."""
+    def time_conditioning(self, t, batch: int, device, dtype: Optional[torch.dtype] = None) -> list[Tensor]:
+        """The blocks' scale-shifts for timestep t (in `dtype` if given, else fp32). For a
+        Python-int t without grad (sampling) they are cached, already in the activation dtype,
+        until the time-embedding or FiLM weights change, so a sampler step runs only the graph
+        convolutions (no per-layer casts either). Captured CUDA graphs read the cached tensors by
+        address: the engine holds the entries it captured and drops its graphs when a parameter
+        changes (diffupose/engine.py)."""
         cacheable = isinstance(t, int) and not torch.is_grad_enabled()
         if cacheable:
             key = (device, _versions(self.temb), _versions(self.net.films))
-            hit = self._cond_cache.get(t)
+            hit = self._cond_cache.get((t, dtype))
             if hit is not None and hit[0] == key:
                 return hit[1]
         emb = self.temb(_time_input(t, batch, device))
         ss = [film(emb) for film in self.net.films]
+        if dtype is not None:
+            ss = [v.to(dtype) for v in ss]
         if cacheable:
-            self._cond_cache[t] = (key, ss)
+            self._cond_cache[(t, dtype)] = (key, ss)
         return ss
 
     def forward(self, x_t: Tensor, y: Tensor, t, backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
-        ss = self.time_conditioning(t, x_t.shape[0], x_t.device)
+        # the scale-shifts in the layers' activation dtype (the op casts them to it anyway); under
+        # autocast the layers cast x themselves, so the cache keeps fp32 then
+        act_dtype = None if autocast_dtype(x_t.device.type) is not None else x_t.dtype
+        ss = self.time_conditioning(t, x_t.shape[0], x_t.device, act_dtype)
         o = self.net(torch.cat([x_t, y.to(x_t.dtype)], dim=-1), ss, backend)
         return o[..., :3], o[..., 3:]
 

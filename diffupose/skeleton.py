@@ -108,10 +108,35 @@ def skeleton_for_joints(num_joints: int) -> Skeleton:
     raise ValueError(f"no skeleton has {num_joints} joints; supported: 17 (h36m17), 16 (h36m16), 15 (humaneva15)")
 
 
+# (skeleton name, device) -> the flip permutation as an int64 tensor on that device, and the
+# per-channel sign [C] per (name, device, C, dtype). Indexing with a Python list would build the
+# index on the host and copy it to the device on every call: a blocking copy that aborts CUDA-graph
+# capture (flip test-time augmentation runs inside the captured sampling loop). The cached tensors
+# are made on first use, which the engine's warm-up run does before it captures.
+_FLIP_INDEX: dict[tuple, torch.Tensor] = {}
+_FLIP_SIGN: dict[tuple, torch.Tensor] = {}
+
+
+def _flip_tensors(skeleton: Skeleton, channels: int, dtype: torch.dtype, device: torch.device):
+    key = (skeleton.name, device)
+    index = _FLIP_INDEX.get(key)
+    if index is None:
+        index = _FLIP_INDEX[key] = torch.tensor(skeleton.flip_permutation, dtype=torch.int64, device=device)
+    skey = (skeleton.name, device, channels, dtype)
+    sign = _FLIP_SIGN.get(skey)
+    if sign is None:
+        sign = torch.ones(channels, dtype=dtype)
+        sign[0] = -1.0
+        sign = _FLIP_SIGN[skey] = sign.to(device)
+    return index, sign
+
+
 def flip_pose(pose: torch.Tensor, skeleton: Skeleton) -> torch.Tensor:
-    """Mirror poses [..., J, C]: swap left and right joints and negate x (channel 0)."""
+    """Mirror poses [..., J, C]: swap left and right joints and negate x (channel 0).
+
+    Two device ops (index_select, multiply by the cached sign) and no host-built tensors, so it
+    can run inside a captured CUDA graph."""
     if pose.shape[-2] != skeleton.num_joints:
         raise ValueError(f"flip_pose: {pose.shape[-2]} joints, skeleton {skeleton.name} has {skeleton.num_joints}")
-    out = pose[..., list(skeleton.flip_permutation), :].clone()
-    out[..., 0] = -out[..., 0]
-    return out
+    index, sign = _flip_tensors(skeleton, pose.shape[-1], pose.dtype, pose.device)
+    return pose.index_select(pose.dim() - 2, index) * sign

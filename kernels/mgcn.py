@@ -35,6 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import device_guard
+
 _X_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # A tile keeps A_big [BM, BM] (BM >= J) in registers: at BM = 128 the kernels already spill tens
 # of KB per thread on sm_90, so the Triton backend stops at 64 joints (skeletons have 15-17).
@@ -350,6 +352,11 @@ def mgcn_fwd(x: torch.Tensor, w: torch.Tensor, m: torch.Tensor, a: torch.Tensor,
              scale_shift: Optional[torch.Tensor], residual: Optional[torch.Tensor], act: int,
              save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, J, Cout], pre [B, J, Cout] or empty) in x's dtype; see the module doc."""
+    with device_guard(x):
+        return _fwd(x, w, m, a, bias, scale_shift, residual, act, save_pre)
+
+
+def _fwd(x, w, m, a, bias, scale_shift, residual, act, save_pre):
     B, J, cin, cout = _check_common(x, w, m, a, scale_shift, act)
     if tuple(bias.shape) != (cout,) or bias.device != x.device or bias.dtype not in (torch.float32, x.dtype):
         raise ValueError(f"mgcn: bias must be [{cout}] of float32 or x's dtype on {x.device}, got "
@@ -381,6 +388,11 @@ def mgcn_bwd(grad_out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, m: torch.
     """(dx, dw, dm, da, dbias, dss): dx, dss in x's dtype, dw, dm, da in their parameter's
     dtype, dbias in w's dtype, dss summed over the batch when scale_shift has one row (empty
     without scale_shift)."""
+    with device_guard(x):
+        return _bwd(grad_out, x, w, m, a, pre, scale_shift, act)
+
+
+def _bwd(grad_out, x, w, m, a, pre, scale_shift, act):
     B, J, cin, cout = _check_common(x, w, m, a, scale_shift, act)
     if pre.numel() == 0 and B * J * cout > 0:
         raise ValueError("mgcn_bwd: pre is empty: run mgcn_fwd with save_pre=True for training")

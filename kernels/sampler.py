@@ -2,8 +2,13 @@
 
 The op, its contract and its reference live in diffupose/ops/sampler_step.py
 (`sampler_step_ref`); this module has the kernels only. Same math as the CPU and CUDA kernels
-(csrc/common/sampler_math.h) and the same noise: tl.randn(seed, counter) with an int64 counter is
-Philox4x32-10 + Box-Muller exactly as csrc/common/philox.h and diffupose/ops/philox.py.
+(csrc/common/sampler_math.h) and the same noise as csrc/common/philox.h and
+diffupose/ops/philox.py: Philox4x32-10 keyed by the seed's two words, counter (c lo, c hi, 0, 0)
+split here explicitly (`tl.randint4x` of Triton before 3.4 split int64 counters differently, so
+the stream would depend on the Triton version), then Box-Muller in precise float32 math:
+`tl.randn` uses the approximate sqrt (and lets the compiler pick fast log/cos), whose error near
+u = 1 (where -2 log u is tiny) is amplified past the tests' 1e-5. Compiled, the noise matches the
+CPU's to a few float32 ulps.
 
 (seed, offset) are read from the int64 device tensor rng_state inside the kernel, never passed
 as Python ints: a captured CUDA graph then draws fresh noise once rng_state[1] is advanced
@@ -16,6 +21,9 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
+
+from .launch import device_guard
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -25,14 +33,37 @@ def _interpreting() -> bool:
 
 
 @triton.jit
+def philox_normal(seed, counter, INTERP: tl.constexpr):
+    """Standard normal for an int64 seed and int64 counters: csrc/common/philox.h::philox_normal."""
+    c_lo = (counter & 0xFFFFFFFF).to(tl.uint32)
+    c_hi = ((counter >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    zero = tl.zeros_like(c_lo)
+    r0, r1, _, _ = tl.philox(seed, c_lo, c_hi, zero, zero)
+    # U(u) = (int32(u) < 0 ? ~int32(u) : int32(u)) * 4.6566127342e-10, a float in [0, 1)
+    i0 = r0.to(tl.int32, bitcast=True)
+    i1 = r1.to(tl.int32, bitcast=True)
+    u1 = tl.where(i0 < 0, ~i0, i0).to(tl.float32) * 4.6566127342e-10
+    u2 = tl.where(i1 < 0, ~i1, i1).to(tl.float32) * 4.6566127342e-10
+    u1 = tl.maximum(u1, 1.0e-7)
+    th = u2 * 6.283185307179586
+    if INTERP:  # the interpreter has no libdevice; its numpy float32 math is precise
+        z = tl.sqrt_rn(-2.0 * tl.log(u1)) * tl.cos(th)
+    else:
+        z = libdevice.sqrt_rn(-2.0 * libdevice.log(u1)) * libdevice.cos(th)
+    return z
+
+
+@triton.jit
 def _step_update(x, e, z, sqrt_abar, sqrt_1m_abar, c_x0, c_eps, sigma, clip, CLIP: tl.constexpr,
                  NOISE: tl.constexpr):
-    """x_t, eps, z (fp32) -> x_{t-1}; csrc/common/sampler_math.h::sampler_update."""
-    x0 = (x - sqrt_1m_abar * e) / sqrt_abar
+    """x_t, eps, z (fp32) -> x_{t-1}; csrc/common/sampler_math.h::sampler_update. IEEE divisions
+    (div_rn), as the CPU and CUDA kernels divide: Triton's `/` is approximate (2 ulp), and the
+    clipped branch's eps divides a difference by sqrt(1 - abar), which can be small."""
+    x0 = tl.math.div_rn(x - sqrt_1m_abar * e, sqrt_abar)
     if CLIP:
         x0 = tl.minimum(tl.maximum(x0, -clip), clip)
         # eps consistent with the clipped x0 (as DDIM implementations do)
-        e = (x - sqrt_abar * x0) / sqrt_1m_abar
+        e = tl.math.div_rn(x - sqrt_abar * x0, sqrt_1m_abar)
     v = c_x0 * x0 + c_eps * e
     if NOISE:
         v += sigma * z
@@ -40,36 +71,45 @@ def _step_update(x, e, z, sqrt_abar, sqrt_1m_abar, c_x0, c_eps, sigma, clip, CLI
 
 
 @triton.jit
-def _noise(rng_ptr, rng_stride, counter_offset, idx, NOISE: tl.constexpr):
+def _noise(rng_ptr, rng_stride, counter_offset, idx, NOISE: tl.constexpr, INTERP: tl.constexpr):
     """Standard normals for the int64 flat element indices idx (0.0 when the step has no noise)."""
     if NOISE:
         seed = tl.load(rng_ptr)
         base = tl.load(rng_ptr + rng_stride) + counter_offset
-        return tl.randn(seed, base + idx)
+        return philox_normal(seed, base + idx, INTERP)
     else:
         return 0.0
 
 
 @triton.jit
-def _sampler_step_kernel(x_ptr, eps_ptr, out_ptr, rng_ptr, rng_stride, counter_offset, numel,
+def _eps_offset(idx, J, D, e_sm, e_sj, e_sd):
+    """Offset of flat element idx of [M, J, D] in eps with strides (e_sm, e_sj, e_sd): the model's
+    eps is a view into its [M, J, 5] output, read in place instead of copied."""
+    jd = idx % (J * D)
+    return (idx // (J * D)) * e_sm + (jd // D) * e_sj + (jd % D) * e_sd
+
+
+@triton.jit
+def _sampler_step_kernel(x_ptr, eps_ptr, out_ptr, rng_ptr, rng_stride, counter_offset, numel, J, D,
+                         e_sm, e_sj, e_sd,
                          sqrt_abar, sqrt_1m_abar, c_x0, c_eps, sigma, clip,
-                         CLIP: tl.constexpr, NOISE: tl.constexpr, BLOCK: tl.constexpr):
-    # x, eps, out: [numel] flat; one program per BLOCK elements.
+                         CLIP: tl.constexpr, NOISE: tl.constexpr, BLOCK: tl.constexpr, INTERP: tl.constexpr):
+    # x, out: [numel] flat; eps [M, J, D] strided; one program per BLOCK elements.
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = idx < numel
     x = tl.load(x_ptr + idx, mask=ok, other=0.0).to(tl.float32)
-    e = tl.load(eps_ptr + idx, mask=ok, other=0.0).to(tl.float32)
-    z = _noise(rng_ptr, rng_stride, counter_offset, idx, NOISE)
+    e = tl.load(eps_ptr + _eps_offset(idx, J, D, e_sm, e_sj, e_sd), mask=ok, other=0.0).to(tl.float32)
+    z = _noise(rng_ptr, rng_stride, counter_offset, idx, NOISE, INTERP)
     v = _step_update(x, e, z, sqrt_abar, sqrt_1m_abar, c_x0, c_eps, sigma, clip, CLIP, NOISE)
     tl.store(out_ptr + idx, v.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def _sampler_step_aggregate_kernel(x_ptr, eps_ptr, out_ptr, mean_ptr, spread_ptr, rng_ptr, rng_stride,
-                                   counter_offset, n_hyp, J, D,
+                                   counter_offset, n_hyp, J, D, e_sm, e_sj, e_sd,
                                    sqrt_abar, sqrt_1m_abar, c_x0, c_eps, sigma, clip,
                                    CLIP: tl.constexpr, NOISE: tl.constexpr,
-                                   HB: tl.constexpr, JB: tl.constexpr, DB: tl.constexpr):
+                                   HB: tl.constexpr, JB: tl.constexpr, DB: tl.constexpr, INTERP: tl.constexpr):
     # x, eps, out: [frames, n_hyp, J, D]; mean: [frames, J, D]; spread: [frames, J].
     # One program per frame; hypotheses in chunks of HB, tile [HB, JB, DB]. Mean and sum of
     # squared deviations are merged chunk by chunk (Chan et al.), stable for any n_hyp, from the
@@ -87,8 +127,9 @@ def _sampler_step_aggregate_kernel(x_ptr, eps_ptr, out_ptr, mean_ptr, spread_ptr
         ok = (hh < n_hyp) & jd_ok
         idx = (f * n_hyp + hh) * (J * D) + jd  # int64 flat element index
         x = tl.load(x_ptr + idx, mask=ok, other=0.0).to(tl.float32)
-        e = tl.load(eps_ptr + idx, mask=ok, other=0.0).to(tl.float32)
-        z = _noise(rng_ptr, rng_stride, counter_offset, idx, NOISE)
+        e_off = (f * n_hyp + hh) * e_sm + j * e_sj + d * e_sd
+        e = tl.load(eps_ptr + e_off, mask=ok, other=0.0).to(tl.float32)
+        z = _noise(rng_ptr, rng_stride, counter_offset, idx, NOISE, INTERP)
         v = _step_update(x, e, z, sqrt_abar, sqrt_1m_abar, c_x0, c_eps, sigma, clip, CLIP, NOISE)
         v = v.to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + idx, v, mask=ok)
@@ -135,7 +176,13 @@ def sampler_step(x: torch.Tensor, eps: torch.Tensor, rng_state: torch.Tensor, co
     """x, eps [M, J, D] -> (x_prev [M, J, D], mean [M/n_hyp, J, D], spread [M/n_hyp, J]), the last
     two empty unless aggregate; all in x's dtype. See diffupose/ops/sampler_step.py."""
     _check(x, eps, rng_state, n_hyp, aggregate)
-    x, eps = x.contiguous(), eps.contiguous()
+    with device_guard(x):
+        return _launch(x, eps, rng_state, counter_offset, sqrt_abar, sqrt_1m_abar, c_x0, c_eps, sigma, clip, n_hyp,
+                       aggregate)
+
+
+def _launch(x, eps, rng_state, counter_offset, sqrt_abar, sqrt_1m_abar, c_x0, c_eps, sigma, clip, n_hyp, aggregate):
+    x = x.contiguous()  # eps is read through its strides (no copy)
     rng = rng_state.reshape(-1)  # a view where it can be: the kernel must read the live state tensor
     M, J, D = x.shape
     out = torch.empty_like(x)
@@ -145,17 +192,19 @@ def sampler_step(x: torch.Tensor, eps: torch.Tensor, rng_state: torch.Tensor, co
     if x.numel() == 0:
         return out, mean, spread
     coefs = (float(sqrt_abar), float(sqrt_1m_abar), float(c_x0), float(c_eps), float(sigma), float(clip))
-    flags = dict(CLIP=clip > 0, NOISE=sigma != 0)
+    flags = dict(CLIP=clip > 0, NOISE=sigma != 0, INTERP=_interpreting())
+    e_strides = tuple(eps.stride())
     if not aggregate:
         # the interpreter pays per program: few big ones; on a GPU one element per thread-ish
         block = min(triton.next_power_of_2(x.numel()), 16384) if _interpreting() else 1024
         grid = (triton.cdiv(x.numel(), block),)
-        _sampler_step_kernel[grid](x, eps, out, rng, rng.stride(0), int(counter_offset), x.numel(), *coefs,
-                                   **flags, BLOCK=block, num_warps=4)
+        _sampler_step_kernel[grid](x, eps, out, rng, rng.stride(0), int(counter_offset), x.numel(), J, D, *e_strides,
+                                   *coefs, **flags, BLOCK=block, num_warps=4)
     else:
         jb, db = triton.next_power_of_2(J), triton.next_power_of_2(D)
         # hypotheses per chunk: the whole frame when it fits a modest tile
         hb = max(1, min(triton.next_power_of_2(n_hyp), max(1, 4096 // (jb * db))))
         _sampler_step_aggregate_kernel[(frames,)](x, eps, out, mean, spread, rng, rng.stride(0), int(counter_offset),
-                                                  n_hyp, J, D, *coefs, **flags, HB=hb, JB=jb, DB=db, num_warps=4)
+                                                  n_hyp, J, D, *e_strides, *coefs, **flags, HB=hb, JB=jb, DB=db,
+                                                  num_warps=4)
     return out, mean, spread

@@ -6,11 +6,12 @@
 //   pre = a_jj * m_j * H0_j + sum_{k != j} a_jk * m_k * H1_k + bias     (per sample, per channel)
 //   out = act(pre * (1 + scale) + shift) + residual
 //
-// Forward: one ATen GEMM for both halves of w, then `mgcn_fwd_epilogue_kernel` (aggregation over
+// Forward: one cuBLAS GEMM for both halves of w (batched over the halves, fp32/fp64 math pinned:
+// never TF32), then `mgcn_fwd_epilogue_kernel` (aggregation over
 // the joints of a sample + bias + epilogue, one write of out and pre).
 // Backward: the same GEMM recomputes H (only pre is saved); `mgcn_bwd_agg_kernel` writes
 // dH = [m * dG0, m * dG1] and per-block partial sums of dbias, dm, da, dscale_shift; then
-// dx = dH @ [w0 | w1]^T and [dw0 | dw1] = x^T @ dH are ATen GEMMs, and the partials are reduced
+// dx = dH @ [w0 | w1]^T and [dw0 | dw1] = x^T @ dH are cuBLAS GEMMs (same precision), and the partials are reduced
 // with at::sum. No atomics anywhere: every sum has a fixed order, so the results are
 // deterministic (bit-identical run to run).
 //
@@ -22,6 +23,8 @@
 // allocator (at::empty), there is no host synchronisation and no device query.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/Exceptions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
@@ -29,6 +32,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 
 #include "common/mgcn_math.h"
 #include "mgcn_check.h"
@@ -252,15 +256,38 @@ __global__ void __launch_bounds__(kThreads)
 // ------------------------------------------------------------------------------------------------
 // launchers
 // ------------------------------------------------------------------------------------------------
-// The GEMM operands in the accumulation dtype: x2 = x [R, Cin], wcat = [w0 | w1] [Cin, 2*Cout].
-struct XW {
-  at::Tensor x2, wcat;
-};
+// Row-major C = op(A) @ op(B) for `batch` matrices `sa`, `sb`, `sc` elements apart (op = transpose
+// where ta / tb: A is then stored [k, m], B [n, k]), through cuBLAS in T's own precision:
+// COMPUTE_32F_PEDANTIC never uses TF32, whatever torch.backends.cuda.matmul.allow_tf32 (or
+// set_float32_matmul_precision) says: the op's contract is fp32 accumulation of fp32 products, and
+// at::matmul would follow the global switch. cuBLAS is column-major, so it computes C^T = op(B)^T op(A)^T.
+template <typename T>
+void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, int64_t sa, const T* B,
+             int64_t ldb, int64_t sb, T* C, int64_t ldc, int64_t sc, int64_t batch, T beta) {
+  if (m == 0 || n == 0 || batch == 0) return;
+  TORCH_CHECK(k > 0, "mgcn (cuda): internal GEMM with k = 0");  // callers handle empty reductions
+  constexpr bool f64 = std::is_same<T, double>::value;
+  const T alpha = T(1);
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();  // on the current stream, graph-safe workspace
+  TORCH_CUDABLAS_CHECK(cublasGemmStridedBatchedEx(
+      handle, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+      static_cast<int>(k), &alpha, B, f64 ? CUDA_R_64F : CUDA_R_32F, static_cast<int>(ldb), sb, A,
+      f64 ? CUDA_R_64F : CUDA_R_32F, static_cast<int>(lda), sa, &beta, C, f64 ? CUDA_R_64F : CUDA_R_32F,
+      static_cast<int>(ldc), sc, static_cast<int>(batch), f64 ? CUBLAS_COMPUTE_64F_PEDANTIC : CUBLAS_COMPUTE_32F_PEDANTIC,
+      CUBLAS_GEMM_DEFAULT));
+}
 
-XW gemm_operands(const at::Tensor& x, const at::Tensor& w, at::ScalarType acc) {
-  const int64_t R = x.size(0) * x.size(1), Cin = x.size(2), Cout = w.size(2);
-  // [2, Cin, Cout] -> [Cin, 2, Cout] -> [Cin, 2*Cout]: row i is [w0[i, :], w1[i, :]]
-  return {x.reshape({R, Cin}).to(acc), w.to(acc).permute({1, 0, 2}).reshape({Cin, 2 * Cout})};
+// H [R, 2*Cout] = x2 [R, Cin] @ [w0 | w1], one strided-batched GEMM (batch t writes columns
+// [t*Cout, (t+1)*Cout)): w is read in its own [2, Cin, Cout] layout, with no packed copy.
+at::Tensor gemm_xw(const at::Tensor& x2, const at::Tensor& w) {
+  const int64_t R = x2.size(0), Cin = x2.size(1), Cout = w.size(2);
+  at::Tensor H = at::empty({R, 2 * Cout}, x2.options());
+  if (Cin == 0) return H.zero_();
+  AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "mgcn_gemm_xw", [&] {
+    gemm_rm<scalar_t>(false, false, R, Cout, Cin, x2.data_ptr<scalar_t>(), Cin, 0, w.data_ptr<scalar_t>(), Cout,
+                      Cin * Cout, H.data_ptr<scalar_t>(), 2 * Cout, Cout, 2, scalar_t(0));
+  });
+  return H;
 }
 
 void check_joints(int64_t J, at::ScalarType acc) {
@@ -291,8 +318,9 @@ std::tuple<at::Tensor, at::Tensor> mgcn_fwd_cuda(const at::Tensor& x_, const at:
   const at::Tensor m = m_.to(acc).contiguous(), a = a_.to(acc).contiguous(), bias = bias_.to(acc).contiguous();
   const at::Tensor ss = scale_shift.has_value() ? scale_shift->contiguous() : at::Tensor();
   const at::Tensor res = residual.has_value() ? residual->contiguous() : at::Tensor();
-  const XW xw = gemm_operands(x, w, acc);
-  const at::Tensor H = at::matmul(xw.x2, xw.wcat).contiguous();  // [R, 2*Cout]
+  // the GEMM operands in the accumulation dtype (no-ops for fp32 x and parameters)
+  const at::Tensor x2 = x.reshape({d.B * d.J, d.Cin}).to(acc), wa = w.to(acc).contiguous();
+  const at::Tensor H = gemm_xw(x2, wa);  // [R, 2*Cout]
 
   const int spb = samples_per_block(d.J);
   const dim3 grid(static_cast<unsigned>((d.B + spb - 1) / spb), static_cast<unsigned>((d.Cout + kTileC - 1) / kTileC));
@@ -343,8 +371,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // grad_out and pre are read as x's dtype (they are, coming from mgcn_fwd: .to is then a no-op)
   const at::Tensor g = grad_out_.to(x.scalar_type()).contiguous(), pre = pre_.to(x.scalar_type()).contiguous();
   const at::Tensor m = m_.to(acc).contiguous(), a = a_.to(acc).contiguous();
-  const XW xw = gemm_operands(x, w, acc);
-  const at::Tensor H = at::matmul(xw.x2, xw.wcat).contiguous();  // [R, 2*Cout], recomputed
+  const at::Tensor x2 = x.reshape({R, d.Cin}).to(acc), wa = w.to(acc).contiguous();
+  const at::Tensor H = gemm_xw(x2, wa);  // [R, 2*Cout], recomputed
 
   const int spb = samples_per_block(d.J);
   const int64_t P = (d.B + spb - 1) / spb, Q = (d.Cout + kTileC - 1) / kTileC;
@@ -370,10 +398,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 
-  // H = x2 @ wcat  =>  dx2 = dH @ wcat^T [R, Cin],  dwcat = x2^T @ dH [Cin, 2*Cout]
-  const at::Tensor dx = at::matmul(dH, xw.wcat.t()).view({d.B, d.J, d.Cin}).to(x.scalar_type());
-  const at::Tensor dw =
-      at::matmul(xw.x2.t(), dH).view({d.Cin, 2, d.Cout}).permute({1, 0, 2}).contiguous().to(w.scalar_type());
+  // H_t = x2 @ w_t  =>  dx2 = sum_t dH_t @ w_t^T [R, Cin],  dw_t = x2^T @ dH_t [Cin, Cout]
+  at::Tensor dx2 = at::empty({R, d.Cin}, f);
+  at::Tensor dw_acc = at::empty({2, d.Cin, d.Cout}, f);
+  if (d.Cin > 0) {
+    AT_DISPATCH_FLOATING_TYPES(acc, "mgcn_bwd_gemms", [&] {
+      const scalar_t* dHp = dH.data_ptr<scalar_t>();
+      const scalar_t* wp = wa.data_ptr<scalar_t>();
+      for (int t = 0; t < 2; ++t)  // the second term accumulates onto the first (beta = 1)
+        gemm_rm<scalar_t>(false, true, R, d.Cin, d.Cout, dHp + t * d.Cout, 2 * d.Cout, 0, wp + t * d.Cin * d.Cout,
+                          d.Cout, 0, dx2.data_ptr<scalar_t>(), d.Cin, 0, 1, scalar_t(t));
+      gemm_rm<scalar_t>(true, false, d.Cin, d.Cout, R, x2.data_ptr<scalar_t>(), d.Cin, 0, dHp, 2 * d.Cout, d.Cout,
+                        dw_acc.data_ptr<scalar_t>(), d.Cout, d.Cin * d.Cout, 2, scalar_t(0));
+    });
+  }
+  const at::Tensor dx = dx2.view({d.B, d.J, d.Cin}).to(x.scalar_type());
+  const at::Tensor dw = dw_acc.to(w.scalar_type());
   const at::Tensor dm = dm_part.sum(0).to(m_.scalar_type());
   const at::Tensor da = da_part.sum(at::IntArrayRef{0, 1}).to(a_.scalar_type());
   const at::Tensor dbias = dbias_part.sum(0).to(w.scalar_type());

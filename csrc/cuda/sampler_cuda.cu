@@ -1,5 +1,6 @@
 // Fused sampler step, CUDA. Same per-element math as the CPU kernel (common/sampler_math.h),
-// same noise (common/philox.h). rng_state is read on the device, so a captured CUDA graph
+// same noise (common/philox.h; built without --use_fast_math, so its logf / cosf / sqrtf and the
+// update's divisions are the precise ones and the noise matches the CPU's to a few ulps). rng_state is read on the device, so a captured CUDA graph
 // draws fresh noise once the state tensor is advanced between replays.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -16,24 +17,35 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// x, eps, out: [M * J * D] flat. One thread per element.
+// Where element (m, k = j * D + d) of eps [M, J, D] lives: the model's eps is a strided view into
+// its [M, J, 5] output, read in place rather than copied by .contiguous() (one kernel less a step).
+struct EpsLayout {
+  int64_t sm, sj, sd;
+  int D;
+  __device__ __forceinline__ int64_t at(int64_t m, int k) const {
+    return m * sm + static_cast<int64_t>(k / D) * sj + static_cast<int64_t>(k % D) * sd;
+  }
+};
+
+// x, out: [M * J * D] flat, eps strided. One thread per element.
 template <typename xt, typename et>
-__global__ void sampler_step_kernel(const xt* __restrict__ x, const et* __restrict__ eps, xt* __restrict__ out,
-                                    int64_t numel, const int64_t* __restrict__ rng_state, int64_t counter_offset,
-                                    SamplerCoefs c) {
+__global__ void sampler_step_kernel(const xt* __restrict__ x, const et* __restrict__ eps, EpsLayout el,
+                                    xt* __restrict__ out, int64_t numel, int JD,
+                                    const int64_t* __restrict__ rng_state, int64_t counter_offset, SamplerCoefs c) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= numel) return;
   const uint64_t seed = static_cast<uint64_t>(rng_state[0]);
   const uint64_t base = static_cast<uint64_t>(rng_state[1]) + static_cast<uint64_t>(counter_offset);
   const float z = c.sigma != 0.0f ? philox_normal(seed, base + static_cast<uint64_t>(i)) : 0.0f;
-  out[i] = static_cast<xt>(sampler_update(static_cast<float>(x[i]), static_cast<float>(eps[i]), z, c));
+  const float e = static_cast<float>(eps[el.at(i / JD, static_cast<int>(i % JD))]);
+  out[i] = static_cast<xt>(sampler_update(static_cast<float>(x[i]), e, z, c));
 }
 
 // Last step: one block per frame; thread k < J*D owns element k of every hypothesis of the
 // frame, writes them, and their mean; the spread needs a sum over D, done in shared memory.
 // x, eps, out: [frames, n_hyp, J*D]; mean: [frames, J*D] fp32; spread: [frames, J] fp32.
 template <typename xt, typename et>
-__global__ void sampler_step_aggregate_kernel(const xt* __restrict__ x, const et* __restrict__ eps,
+__global__ void sampler_step_aggregate_kernel(const xt* __restrict__ x, const et* __restrict__ eps, EpsLayout el,
                                               xt* __restrict__ out, float* __restrict__ mean,
                                               float* __restrict__ spread, int64_t n_hyp, int J, int D,
                                               const int64_t* __restrict__ rng_state, int64_t counter_offset,
@@ -48,7 +60,8 @@ __global__ void sampler_step_aggregate_kernel(const xt* __restrict__ x, const et
     for (int64_t n = 0; n < n_hyp; ++n) {
       const int64_t e = (f * n_hyp + n) * JD + k;
       const float z = c.sigma != 0.0f ? philox_normal(seed, base + static_cast<uint64_t>(e)) : 0.0f;
-      const xt v = static_cast<xt>(sampler_update(static_cast<float>(x[e]), static_cast<float>(eps[e]), z, c));
+      const float ev = static_cast<float>(eps[el.at(f * n_hyp + n, k)]);
+      const xt v = static_cast<xt>(sampler_update(static_cast<float>(x[e]), ev, z, c));
       out[e] = v;
       sum += static_cast<float>(v);
     }
@@ -75,8 +88,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sampler_step_cuda(
     bool aggregate) {
   check_sampler_args(x_, eps_, rng_state, n_hyp, aggregate);
   const c10::cuda::CUDAGuard guard(x_.device());
-  const at::Tensor x = x_.contiguous(), eps = eps_.contiguous();
+  const at::Tensor x = x_.contiguous(), eps = eps_;  // eps through its strides
   const int64_t M = x.size(0), J = x.size(1), D = x.size(2);
+  const EpsLayout el{eps.stride(0), eps.stride(1), eps.stride(2), static_cast<int>(D)};
   at::Tensor out = at::empty_like(x);
   const int64_t frames = aggregate ? M / n_hyp : 0;
   at::Tensor mean = aggregate ? at::empty({frames, J, D}, x.options().dtype(at::kFloat)) : at::empty({0}, x.options());
@@ -93,14 +107,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sampler_step_cuda(
           const int JD = static_cast<int>(J * D);
           const int threads = std::min(1024, ((JD + 31) / 32) * 32);
           sampler_step_aggregate_kernel<xt, scalar_t><<<frames, threads, JD * sizeof(float), stream>>>(
-              x.data_ptr<xt>(), eps.data_ptr<scalar_t>(), out.data_ptr<xt>(), mean.data_ptr<float>(),
+              x.data_ptr<xt>(), eps.data_ptr<scalar_t>(), el, out.data_ptr<xt>(), mean.data_ptr<float>(),
               spread.data_ptr<float>(), n_hyp, static_cast<int>(J), static_cast<int>(D),
               rng_state.data_ptr<int64_t>(), counter_offset, c);
         } else {
           const int64_t blocks = (numel + kThreads - 1) / kThreads;
           sampler_step_kernel<xt, scalar_t><<<blocks, kThreads, 0, stream>>>(
-              x.data_ptr<xt>(), eps.data_ptr<scalar_t>(), out.data_ptr<xt>(), numel, rng_state.data_ptr<int64_t>(),
-              counter_offset, c);
+              x.data_ptr<xt>(), eps.data_ptr<scalar_t>(), el, out.data_ptr<xt>(), numel, static_cast<int>(J * D),
+              rng_state.data_ptr<int64_t>(), counter_offset, c);
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });

@@ -3,6 +3,10 @@
 Same function as csrc/common/philox.h and Triton's tl.randn(seed, counter) with an int64
 counter: key = (seed lo, seed hi), counter = (c lo, c hi, 0, 0), Box-Muller of the first two
 outputs. Integer arithmetic is done on int64 tensors holding uint32 values.
+
+The seed may be a Python int or an int64 tensor (one element) on the counters' device: the
+reference sampler passes its device-resident rng_state, so drawing noise needs no host sync and
+no host-to-device copy (it can run inside a captured CUDA graph).
 """
 from __future__ import annotations
 
@@ -22,10 +26,15 @@ def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, low & _M32
 
 
-def philox4x32_10_ref(seed: int, counter: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Four uint32 streams (as int64 tensors) for a uint64 seed and int64 counters."""
-    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
-    k0, k1 = seed & _M32, seed >> 32
+def philox4x32_10_ref(seed, counter: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Four uint32 streams (as int64 tensors) for a uint64 seed (int, or int64 tensor holding its
+    bits) and int64 counters."""
+    if isinstance(seed, torch.Tensor):
+        seed = seed.reshape(())
+        k0, k1 = seed & _M32, (seed >> 32) & _M32  # arithmetic shift, masked: the high word's bits
+    else:
+        seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+        k0, k1 = seed & _M32, seed >> 32
     counter = counter.to(torch.int64)
     c0 = counter & _M32
     c1 = (counter >> 32) & _M32
@@ -46,7 +55,7 @@ def _uniform(u: torch.Tensor) -> torch.Tensor:
     return v.to(torch.float32) * torch.tensor(4.6566127342e-10, dtype=torch.float32)
 
 
-def philox_normal_ref(seed: int, counter: torch.Tensor) -> torch.Tensor:
+def philox_normal_ref(seed, counter: torch.Tensor) -> torch.Tensor:
     """Standard normals (float32) for one seed and a tensor of int64 counters."""
     r0, r1, _, _ = philox4x32_10_ref(seed, counter)
     u1 = torch.clamp_min(_uniform(r0), 1.0e-7)

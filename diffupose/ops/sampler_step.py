@@ -59,9 +59,11 @@ def sampler_step_ref(x: Tensor, eps: Tensor, rng_state: Tensor, counter_offset: 
         ef = (xf - c.sqrt_abar * x0) / c.sqrt_1m_abar
     out = c.c_x0 * x0 + c.c_eps * ef
     if c.sigma != 0:
-        seed, offset = (int(v) for v in rng_state.tolist())
-        counters = offset + counter_offset + torch.arange(x.numel(), dtype=torch.int64)
-        out = out + c.sigma * philox_normal_ref(seed, counters).reshape(x.shape).to(x.device)
+        # seed and offset stay on the device (no .tolist(), no host-made noise): this path may run
+        # inside a captured CUDA graph, where a host sync or a host-to-device copy aborts capture
+        rng = rng_state.reshape(2)
+        counters = torch.arange(x.numel(), dtype=torch.int64, device=x.device) + (rng[1] + counter_offset)
+        out = out + c.sigma * philox_normal_ref(rng[0], counters).reshape(x.shape)
     out = out.to(x.dtype)
     if not aggregate:
         return out, None, None

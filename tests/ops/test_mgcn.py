@@ -199,3 +199,43 @@ def test_cpu_instruction_sets(isa, act):
             check_backend("cpu", 6, 17, 33, 40, act, 1, True, dtype)
     finally:
         assert C.set_cpu_isa(best)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU-only contract points (skipped without a GPU, with the reason)
+# ---------------------------------------------------------------------------------------------
+def test_cuda_float64():
+    """fp64 x: the CUDA op accumulates in fp64 (its cuBLAS GEMMs in COMPUTE_64F)."""
+    for cin, cout in ((5, 64), (64, 64), (64, 5)):
+        check_backend("cuda", 37, 17, cin, cout, "silu", "B", cin == cout, torch.float64)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_fp32_ignores_the_global_tf32_switch(backend):
+    """The fp32 contract holds with TF32 allowed globally: TF32 GEMMs would be ~1e-3 off."""
+    skip_unless_backend(backend)
+    if not torch.cuda.is_available():
+        pytest.skip("TF32 exists on GPUs only")
+    # the CUDA switch only (set_float32_matmul_precision would also loosen the CPU references)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        check_backend(backend, 301, 17, 256, 256, "silu", "B", True, torch.float32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_second_gpu(backend):
+    """Tensors on cuda:1 while cuda:0 is current: the launchers must work on cuda:1's stream."""
+    skip_unless_backend(backend)
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    inp, _ = make_inputs(9, 17, 64, 64, "B", True, seed=3)
+    outs = []
+    for dev in ("cuda:0", "cuda:1"):
+        t = {k: (v.float().to(dev) if v is not None else None) for k, v in inp.items()}
+        with torch.no_grad(), torch.cuda.device(0):
+            outs.append(mgcn(t["x"], t["w"], t["m"], t["a"], t["bias"], t["scale_shift"], t["residual"], "silu",
+                             backend=backend).cpu())
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)

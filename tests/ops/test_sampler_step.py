@@ -113,3 +113,54 @@ def test_aggregate_many_hypotheses(backend):
     ref, rmean, rspread = sampler_step_ref(x, eps, state, 0, _coefs(0.2), 70, True)
     torch.testing.assert_close(mean.cpu(), rmean, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(spread.cpu(), rspread, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("aggregate", [False, True])
+def test_fp32_state_with_strided_half_eps(backend, aggregate):
+    """What the engine sends at bf16: the fp32 sampler state and bf16 eps, a view [..., :3] of the
+    model's [M, J, 5] output (read through its strides)."""
+    dev = _device(backend)
+    n_hyp, frames = 4, 3
+    x = torch.randn(frames * n_hyp, 17, 3) * 2
+    out5 = torch.randn(frames * n_hyp, 17, 5).to(torch.bfloat16)
+    eps = out5[..., :3]
+    state = torch.tensor([77, 2**34])
+    c = _coefs(0.3, 1.5)
+    with poisoned():
+        out, mean, spread = sampler_step(x.to(dev), out5.to(dev)[..., :3], state.to(dev), 5, c, n_hyp, aggregate,
+                                         backend=backend)
+    ref, rmean, rspread = sampler_step_ref(x, eps.contiguous(), state, 5, c, n_hyp, aggregate)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-5, atol=1e-5)
+    if aggregate:
+        torch.testing.assert_close(mean.cpu(), rmean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(spread.cpu(), rspread, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "triton"])
+def test_noise_precision_bound(backend):
+    """Every backend's noise is the reference's to within 1e-6 (relative and absolute), for a
+    million counters: a fast-math log or cos (CUDA --use_fast_math, Triton's approximate tl.sqrt)
+    is ~5e-7 off in absolute terms, which Box-Muller's sqrt(-2 log u) turns into errors of ~1e-4
+    where u is near 1. Interpreted Triton (numpy float32) is held to the same bound here."""
+    dev = _device(backend)
+    n = 1 << 20 if dev.type == "cuda" else 1 << 14
+    zeros = torch.zeros(n // 4, 4, 1, device=dev)
+    state = torch.tensor([2**40 + 17, 2**33 + 5], device=dev)
+    z = sampler_step(zeros, zeros, state, 3, NOISE_COEFS, backend=backend)[0].flatten().cpu()
+    ref = philox_normal_ref(2**40 + 17, 2**33 + 8 + torch.arange(n))
+    torch.testing.assert_close(z, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_cuda_build_keeps_precise_math():
+    """The noise's bound needs precise logf / cosf / division in the CUDA kernels: setup.py must
+    not pass --use_fast_math (or its parts) to nvcc. (The GPU itself checks the bound above.)"""
+    import re
+    from pathlib import Path
+
+    setup = (Path(__file__).resolve().parents[2] / "setup.py").read_text()
+    nvcc_flags = re.search(r'extra\["nvcc"\]\s*=\s*\[(.*?)\]', setup, re.S)
+    assert nvcc_flags, "setup.py: the nvcc flags list was not found"
+    for flag in ("use_fast_math", "ftz=true", "prec-div=false", "prec-sqrt=false"):
+        assert flag not in nvcc_flags.group(1), flag
