@@ -86,3 +86,39 @@ def test_denoiser_flops_match_the_reference_matmuls(d_model, n_blocks):
     assert fc.get_total_flops() == B * denoiser_flops(model)
     if d_model == 256:
         assert 36e6 < denoiser_flops(model) < 38e6  # the ~37 MFLOP per pose per step of the docs
+
+
+def _load_bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "fps.py"
+    spec = importlib.util.spec_from_file_location("bench_fps", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_rows_carry_the_floor_and_contention(tmp_path):
+    """bench/fps.py end to end at a tiny size (compile left out: it is the slow part, tested above
+    through the same class): every path that runs here has a row with the GEMM floor, the fraction
+    of it reached, and the time beside a busy process; the fused-sampler row exactly when this
+    Lifter takes fused_sampler."""
+    import json
+
+    from diffupose import ops
+
+    fps = _load_bench()
+    out = tmp_path / "fps.json"
+    fps.main(["--d-model", "16", "--blocks", "1", "--batch", "1", "--hyp", "2", "--repeats", "2", "--warmup", "1",
+              "--no-compile", "--contend", "1", "--device", "cpu", "--json", str(out)])
+    js = json.loads(out.read_text())
+    expected = {"eager"}
+    if ops.has_extension():
+        expected |= {"fused (per-layer ops)"} | ({"fused sampler"} if fps.LIFTER_TAKES_FUSED_SAMPLER else set())
+    assert {r["path"] for r in js["rows"]} == expected
+    for r in js["rows"]:
+        assert r["floor_ms"] > 0 and r["of_floor"] == pytest.approx(r["floor_ms"] / r["p50_ms"])
+        assert r["contended_p50_ms"] > 0 and r["contended_ratio"] == pytest.approx(r["contended_p50_ms"] / r["p50_ms"])
+    (cfg,) = js["matmul"]["configs"]
+    assert cfg["mm_rows"] == 2 * 17 and cfg["mm_gflops"] > 0 and cfg["mm_gflops_1thread"] > 0
