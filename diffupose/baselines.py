@@ -97,6 +97,9 @@ class CompiledDDIM:
     At construction the model's weights, affinities (`ModulatedGraphConv.affinity()`) and the
     scale-shifts of the k timesteps are copied out (a snapshot: later weight changes are not
     seen). Shapes are static (dynamic=False): one compile per (frames, n_hyp), on the first call.
+    Every instance's loop shares one code object, hence dynamo's cache entries: call
+    `reset_compiled()` between instances (bench/fps.py does), or each new one counts as a
+    recompile of the last, and past dynamo's recompile limit (8) it runs eagerly.
     mode: an inductor mode ("max-autotune" on a GPU adds CUDA graphs; on the CPU
     "max-autotune-no-cudagraphs" or "default"); backend: a dynamo backend ("inductor", or
     "eager" / "aot_eager" / a counting backend to check the capture without code generation).
@@ -126,6 +129,8 @@ class CompiledDDIM:
         self.compiled = torch.compile(loop, fullgraph=True, dynamic=False, backend=backend, **opts)
 
     def __call__(self, y: Tensor, x_T: Optional[Tensor] = None):
+        if y.is_cuda:  # max-autotune's CUDA graphs: each call is a new replay (the last outputs may be reused)
+            torch.compiler.cudagraph_mark_step_begin()
         return self.compiled(self.layers, self.scale_shifts, y, _draw_x_T(y, self.n_hyp, x_T))
 
 
