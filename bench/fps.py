@@ -262,18 +262,22 @@ LARGE_GEMM = {"cpu": (4096, 1024, 1024), "cuda": (8192, 8192, 8192)}
 SHAPE_ROWS_CAP = {"cpu": 1 << 16, "cuda": 1 << 22}  # the rate is flat well before these
 
 
-def gemm_floor(model, args, device, dtype, batch, n_hyp) -> dict:
+def gemm_floor(model, args, device, dtype, batch, n_hyp, rates) -> dict:
     """The configuration's FLOPs per call and its floor: those FLOPs at the best matmul rate
     measured now for its hidden layer's shape, with all threads or (CPU) one thread, whichever was
-    faster (small GEMMs on a busy machine can be faster on one thread: the bound is the best)."""
+    faster (small GEMMs on a busy machine can be faster on one thread: the bound is the best);
+    also at the large GEMM's rate (`rates`, measured once per run)."""
     d = args.d_model
     rows = min(batch * n_hyp * model.net.inp.adj.shape[0], SHAPE_ROWS_CAP[device.type])
     flops = denoiser_flops(model) * batch * n_hyp * args.ddim_steps
-    out = {"gflop_per_call": flops / 1e9, "mm_rows": rows, "mm_gflops": matmul_rate(device, dtype, rows, d, 2 * d) / 1e9}
+    out = {"gflop_per_call": flops / 1e9, "mm_rows": rows,
+           "mm_gflops": matmul_rate(device, dtype, rows, d, 2 * d) / 1e9}
     if device.type == "cpu":
         out["mm_gflops_1thread"] = matmul_rate(device, dtype, rows, d, 2 * d, threads=1) / 1e9
     out["floor_gflops"] = max(out["mm_gflops"], out.get("mm_gflops_1thread", 0.0))
     out["floor_s"] = flops / (out["floor_gflops"] * 1e9)
+    large = max(rates["large_gflops"], rates.get("large_gflops_1thread", 0.0))
+    out["floor_at_large_gemm_rate_s"] = flops / (large * 1e9)
     return out
 
 
@@ -289,7 +293,7 @@ def run_fps(args) -> tuple[list[dict], dict]:
     if device.type == "cpu":
         rates["large_gflops_1thread"] = matmul_rate(device, dtype, m, k, n, threads=1) / 1e9
     print("# matmul " + "  ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in rates.items()),
-          flush=True)
+          flush=True)  # GFLOP/s, the best call
     rows, floors = [], {}
     per_frame_cost: dict = {}
     first_call_extra: dict = {}
@@ -308,49 +312,56 @@ def run_fps(args) -> tuple[list[dict], dict]:
                         print(f"{name:22s} B={batch:<6d} N={n_hyp:<3d} skipped ({rows[-1]['skipped']})", flush=True)
                         continue
                     if (batch, n_hyp) not in floors:
-                        f = floors[(batch, n_hyp)] = gemm_floor(model, args, device, dtype, batch, n_hyp)
-                        peak = max(rates["large_gflops"], rates.get("large_gflops_1thread", 0.0)) * 1e9
-                        f["floor_at_large_gemm_rate_s"] = f["gflop_per_call"] * 1e9 / peak
+                        floors[(batch, n_hyp)] = gemm_floor(model, args, device, dtype, batch, n_hyp, rates)
                     floor = floors[(batch, n_hyp)]
                     res = measure(name, factory, y, args, device)
                     if "skipped" in res:
                         rows.append({**head, **res})
                         print(f"{name:22s} B={batch:<6d} N={n_hyp:<3d} skipped ({res['skipped']})", flush=True)
                         continue
-                    med = res["p50_s"]
-                    per_frame_cost[(name, n_hyp)] = med / batch
-                    first_call_extra[(name, n_hyp)] = max(0.0, res["first_call_s"] - med)
-                    row = {**head, "steps": args.ddim_steps, "dtype": args.dtype, "d_model": args.d_model,
-                           "fps": batch / med, "p50_ms": med * 1e3, "p99_ms": res["p99_s"] * 1e3,
-                           "peak_mem_mb": res["peak"] / 2**20, "first_call_s": res["first_call_s"],
-                           "floor_ms": floor["floor_s"] * 1e3, "of_floor": floor["floor_s"] / med}
-                    for key in ("graphs", "graph_breaks"):
-                        if key in res:
-                            row[key] = res[key]
-                    if "contended_p50_s" in res:
-                        row["contended_p50_ms"] = res["contended_p50_s"] * 1e3
-                        row["contended_ratio"] = res["contended_p50_s"] / med
-                    rows.append(row)
-                    extra = f"  graphs {row['graphs']} breaks {row['graph_breaks']}" if "graphs" in row else ""
-                    if "contended_p50_ms" in row:
-                        extra += f"  contended p50 {row['contended_p50_ms']:9.3f} ms ({row['contended_ratio']:.2f}x)"
-                    print(f"{name:22s} B={batch:<6d} N={n_hyp:<3d} {row['fps']:>12,.0f} frames/s  "
-                          f"p50 {row['p50_ms']:9.3f} ms  p99 {row['p99_ms']:9.3f} ms  peak {row['peak_mem_mb']:8.1f} MB  "
-                          f"first call {row['first_call_s']:6.1f} s  {row['of_floor']:.2f} of floor{extra}", flush=True)
+                    per_frame_cost[(name, n_hyp)] = res["p50_s"] / batch
+                    first_call_extra[(name, n_hyp)] = max(0.0, res["first_call_s"] - res["p50_s"])
+                    rows.append(make_row(head, res, floor, args))
+                    print(row_line(rows[-1]), flush=True)
                 del y
     rates["configs"] = [{"batch": b, "hyp": h, **f} for (b, h), f in floors.items()]
     return rows, rates
 
 
+def make_row(head: dict, res: dict, floor: dict, args) -> dict:
+    med = res["p50_s"]
+    row = {**head, "steps": args.ddim_steps, "dtype": args.dtype, "d_model": args.d_model,
+           "fps": head["batch"] / med, "p50_ms": med * 1e3, "p99_ms": res["p99_s"] * 1e3,
+           "peak_mem_mb": res["peak"] / 2**20, "first_call_s": res["first_call_s"],
+           "floor_ms": floor["floor_s"] * 1e3, "of_floor": floor["floor_s"] / med}
+    row.update({k: res[k] for k in ("graphs", "graph_breaks") if k in res})
+    if "contended_p50_s" in res:
+        row["contended_p50_ms"] = res["contended_p50_s"] * 1e3
+        row["contended_ratio"] = res["contended_p50_s"] / med
+    return row
+
+
+def row_line(row: dict) -> str:
+    extra = f"  graphs {row['graphs']} breaks {row['graph_breaks']}" if "graphs" in row else ""
+    if "contended_p50_ms" in row:
+        extra += f"  contended p50 {row['contended_p50_ms']:9.3f} ms ({row['contended_ratio']:.2f}x)"
+    return (f"{row['path']:22s} B={row['batch']:<6d} N={row['hyp']:<3d} {row['fps']:>12,.0f} frames/s  "
+            f"p50 {row['p50_ms']:9.3f} ms  p99 {row['p99_ms']:9.3f} ms  peak {row['peak_mem_mb']:8.1f} MB  "
+            f"first call {row['first_call_s']:6.1f} s  {row['of_floor']:.2f} of floor{extra}")
+
+
 def print_table(rows, rates, contend: int):
-    print("\n| batch | N | GFLOP / call | mm rows | mm GFLOP/s | mm GFLOP/s 1 thread | floor ms | at the large GEMM's rate ms |")
+    print("\n| batch | N | GFLOP / call | mm rows | mm GFLOP/s | mm GFLOP/s 1 thread | floor ms "
+          "| at the large GEMM's rate ms |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for f in rates["configs"]:
         one = f"{f['mm_gflops_1thread']:.1f}" if "mm_gflops_1thread" in f else ""
-        print(f"| {f['batch']} | {f['hyp']} | {f['gflop_per_call']:.3f} | {f['mm_rows']} | {f['mm_gflops']:.1f} | {one} | "
+        print(f"| {f['batch']} | {f['hyp']} | {f['gflop_per_call']:.3f} | {f['mm_rows']} | {f['mm_gflops']:.1f} "
+              f"| {one} | "
               f"{f['floor_s'] * 1e3:.3f} | {f['floor_at_large_gemm_rate_s'] * 1e3:.3f} |")
     cont = " p50 contended ms | contended / alone |" if contend else ""
-    print(f"\n| path | batch | N | frames/s | p50 ms | p99 ms | peak MB | first call s | vs eager | floor ms | of floor |{cont}")
+    print("\n| path | batch | N | frames/s | p50 ms | p99 ms | peak MB | first call s | vs eager | floor ms | of floor |"
+          + cont)
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if contend else ""))
     eager = {(r["batch"], r["hyp"]): r for r in rows if r["path"] == "eager" and "fps" in r}
     for r in rows:
@@ -363,7 +374,8 @@ def print_table(rows, rates, contend: int):
         c = (f" {r['contended_p50_ms']:.3f} | {r['contended_ratio']:.2f}x |" if "contended_p50_ms" in r else " | |") \
             if contend else ""
         print(f"| {r['path']} | {r['batch']} | {r['hyp']} | {r['fps']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-              f"{r['peak_mem_mb']:.1f} | {r['first_call_s']:.1f} | {ratio} | {r['floor_ms']:.3f} | {r['of_floor']:.2f} |{c}")
+              f"{r['peak_mem_mb']:.1f} | {r['first_call_s']:.1f} | {ratio} | {r['floor_ms']:.3f} | "
+              f"{r['of_floor']:.2f} |{c}")
 
 
 def environment(device) -> dict:
@@ -396,12 +408,14 @@ def main(argv=None):
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "triton"],
                    help="fused backend (default auto)")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per configuration (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (at least 1: the first call is timed apart)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed calls first (at least 1: the first call is timed apart)")
     p.add_argument("--budget", type=float, default=None,
                    help="skip a configuration estimated above this many seconds, its first call (a compile) included "
                         "(default 120 on the CPU, 600 on a GPU, where max-autotune compiles for minutes)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
-                   help="leave out the torch.compile baseline (on by default; it compiles for about a minute on 2 cores)")
+                   help="leave out the torch.compile baseline (on by default; it compiles for a minute or more "
+                        "on 2 cores)")
     p.add_argument("--compile-mode", default=None,
                    help="inductor mode of the compile row (default: max-autotune on a GPU, which adds CUDA graphs; "
                         "default on the CPU, where max-autotune-no-cudagraphs tunes GEMM templates for minutes)")

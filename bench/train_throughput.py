@@ -95,7 +95,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the torch.compile row")
-    p.add_argument("--compile-mode", default=None, help="inductor mode (default: max-autotune on a GPU, default on the CPU)")
+    p.add_argument("--compile-mode", default=None,
+                   help="inductor mode (default: max-autotune on a GPU, default on the CPU)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.warmup < 1:
@@ -127,7 +128,8 @@ def main(argv=None):
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else ""
-        print(f"| {r['backend']} | {r['step_ms']:.1f} | {r['samples_per_s']:,.0f} | {ratio} | {r['first_step_s']:.1f} |")
+        print(f"| {r['backend']} | {r['step_ms']:.1f} | {r['samples_per_s']:,.0f} | {ratio} "
+              f"| {r['first_step_s']:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"argv": sys.argv, "rows": rows}, indent=1))
 
