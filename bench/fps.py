@@ -22,15 +22,16 @@ The Lifter paths run with center_root=False, so every path computes the same out
 GEMM floor: the denoiser's FLOPs (diffupose.baselines.denoiser_flops, ~37 MFLOP per pose per step
 at d_m 256 / 4 blocks) times frames x N x steps, over the machine's matmul rate measured in the same
 run (torch.mm of the hidden layer's actual shape [frames N J, d] x [d, 2d], the fastest call, with
-all threads or one, whichever is faster; a large GEMM's rate printed beside): `floor ms`, and
-`of floor` = floor / p50, the fraction of the floor each path reaches (1 would be pure GEMM time).
+the run's threads (--threads) or one, whichever is faster; a large GEMM's rate printed beside):
+`floor ms`, and `of floor` = floor / p50, the fraction of the floor each path reaches (1 would be
+pure GEMM time).
 
 Memory: the paths are built one at a time; each path's objects, compiled code and CUDA graphs are
 freed (torch._dynamo.reset, torch.cuda.empty_cache; on the CPU malloc_trim) before the next, so a
 large GPU configuration never holds eager, compile and graph pools together. Peak = the most in
-use during the timed calls above what was in use before the path was built (CUDA: allocated
-bytes, so static buffers and graph pools count; CPU: resident set, which includes the compiler's
-own memory on the compile row).
+use during 3 calls after the timed ones (apart from them: the CPU's RSS poller is a thread), above
+what was in use before the path was built (CUDA: allocated bytes, so static buffers and graph
+pools count; CPU: resident set, which includes the compiler's own memory on the compile row).
 
 Contention (--contend K): each path is timed alone and again beside K busy processes (Python
 `while True` loops spawned here and killed afterwards), both p50s and their ratio side by side.
@@ -158,28 +159,38 @@ def in_use(device) -> int:
 # ---------------------------------------------------------------------------------------------
 # timing
 # ---------------------------------------------------------------------------------------------
-def time_calls(fn, y, repeats, device, base) -> tuple[list[float], int]:
-    """Sorted seconds of `repeats` calls and the peak memory in use above `base` meanwhile."""
+def time_calls(fn, y, repeats, device) -> list[float]:
+    """Sorted seconds of `repeats` calls (CUDA: event time)."""
     times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(repeats):
+    for _ in range(repeats):
+        if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn(y)
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        with PeakRSS() as mem:
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn(y)
-                times.append(time.perf_counter() - t0)
-        peak = mem.peak
-    return sorted(times), peak - base
+        else:
+            t0 = time.perf_counter()
+            fn(y)
+            times.append(time.perf_counter() - t0)
+    return sorted(times)
+
+
+def peak_in_use(fn, y, calls, device, base) -> int:
+    """The most memory in use above `base` over `calls` calls. Apart from the timed calls: the
+    CPU's RSS poller is a thread that would take time from the path's own threads on 2 cores."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(calls):
+            fn(y)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    with PeakRSS() as mem:
+        for _ in range(calls):
+            fn(y)
+    return mem.peak - base
 
 
 def p99(times: list[float]) -> float:
@@ -217,14 +228,14 @@ def measure(name, factory, y, args, device) -> dict:
         return {"skipped": f"unavailable: {str(e).splitlines()[0]}"}
     for _ in range(args.warmup - 1):
         fn(y)
-    times, peak = time_calls(fn, y, args.repeats, device, base)
-    out = {"p50_s": statistics.median(times), "p99_s": p99(times), "peak": peak, "first_call_s": first_call}
+    times = time_calls(fn, y, args.repeats, device)
+    out = {"p50_s": statistics.median(times), "p99_s": p99(times), "first_call_s": first_call,
+           "peak": peak_in_use(fn, y, min(3, args.repeats), device, base)}
     if name == "compile":
         out.update(compile_counts())
     if args.contend:
         with busy_processes(args.contend):
-            ctimes, _ = time_calls(fn, y, args.repeats, device, base)
-        out["contended_p50_s"] = statistics.median(ctimes)
+            out["contended_p50_s"] = statistics.median(time_calls(fn, y, args.repeats, device))
     del fn
     release(device)
     return out
@@ -264,8 +275,8 @@ SHAPE_ROWS_CAP = {"cpu": 1 << 16, "cuda": 1 << 22}  # the rate is flat well befo
 
 def gemm_floor(model, args, device, dtype, batch, n_hyp, rates) -> dict:
     """The configuration's FLOPs per call and its floor: those FLOPs at the best matmul rate
-    measured now for its hidden layer's shape, with all threads or (CPU) one thread, whichever was
-    faster (small GEMMs on a busy machine can be faster on one thread: the bound is the best);
+    measured now for its hidden layer's shape, with the run's threads or (CPU) one thread,
+    whichever was faster (small GEMMs on a busy machine are faster on one: the bound is the best);
     also at the large GEMM's rate (`rates`, measured once per run)."""
     d = args.d_model
     rows = min(batch * n_hyp * model.net.inp.adj.shape[0], SHAPE_ROWS_CAP[device.type])
@@ -419,6 +430,8 @@ def main(argv=None):
     p.add_argument("--compile-mode", default=None,
                    help="inductor mode of the compile row (default: max-autotune on a GPU, which adds CUDA graphs; "
                         "default on the CPU, where max-autotune-no-cudagraphs tunes GEMM templates for minutes)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU intra-op threads for the paths (default: torch's, one per core)")
     p.add_argument("--contend", type=int, default=0, metavar="K",
                    help="also time each path beside K busy processes spawned here (default 0: off)")
     p.add_argument("--table6", action="store_true", help="reproduce Table VI (FPS and MPJPE vs steps)")
@@ -438,6 +451,10 @@ def main(argv=None):
         args.compile_mode = "max-autotune" if device.type == "cuda" else "default"
     if args.budget is None:
         args.budget = 600.0 if device.type == "cuda" else 120.0
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     env = environment(device)
     print("# " + "  ".join(f"{k}={v}" for k, v in env.items()))
     print("# command: python " + " ".join(sys.argv))
