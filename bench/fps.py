@@ -2,18 +2,20 @@
 each execution path side by side in one process, beside the GEMM floor of each configuration.
 
 Paths (the baselines are in diffupose/baselines.py):
-  eager                  the model on the reference ops (plain PyTorch) + the DDIM update in PyTorch
-                         (torch.randn x_T): the natural eager formulation
+  eager                  the model on the reference ops (plain PyTorch) + the reference sampler step
+                         (x0 clipped, as on every path; x_T from torch.randn): the natural eager
+                         formulation
   compile                the same math as one pure function of plain tensors (weights, affinities,
                          per-step scale-shifts taken out of the model), the whole k-step loop through
                          torch.compile(fullgraph=True, dynamic=False): one graph per (batch, N), no
                          guard on t, no recompile (the row says graphs=1). Mode (--compile-mode):
                          max-autotune on a GPU (CUDA graphs included), default on the CPU
-                         (max-autotune-no-cudagraphs there tunes GEMM templates for minutes on 2 cores);
+                         (max-autotune-no-cudagraphs there also tunes GEMM templates: a longer compile);
                          on by default (--no-compile to leave it out), its first call (the compile)
                          is reported apart and counts against --budget
   fused (per-layer ops)  the fused ops (C++ on the CPU, CUDA or Triton on a GPU), one op per layer and
-                         sampler step, through diffupose.engine.Lifter(fused_sampler=False)
+                         sampler step, through diffupose.engine.Lifter(fused_sampler=False) (plain
+                         Lifter() where Lifter has no such argument yet)
   fused sampler          the whole sampler as one fused CPU op, Lifter(fused_sampler=True): shown when
                          this Lifter takes the argument
   graph                  the per-layer fused ops with the whole loop captured in one CUDA graph (GPU only)
@@ -354,6 +356,8 @@ def make_row(head: dict, res: dict, floor: dict, args) -> dict:
 
 def row_line(row: dict) -> str:
     extra = f"  graphs {row['graphs']} breaks {row['graph_breaks']}" if "graphs" in row else ""
+    if "graphs" in row and (row["graphs"], row["graph_breaks"]) != (1, 0):
+        extra += "  WARNING: not one graph (recompiled?): not the baseline"
     if "contended_p50_ms" in row:
         extra += f"  contended p50 {row['contended_p50_ms']:9.3f} ms ({row['contended_ratio']:.2f}x)"
     return (f"{row['path']:22s} B={row['batch']:<6d} N={row['hyp']:<3d} {row['fps']:>12,.0f} frames/s  "
@@ -371,8 +375,8 @@ def print_table(rows, rates, contend: int):
               f"| {one} | "
               f"{f['floor_s'] * 1e3:.3f} | {f['floor_at_large_gemm_rate_s'] * 1e3:.3f} |")
     cont = " p50 contended ms | contended / alone |" if contend else ""
-    print("\n| path | batch | N | frames/s | p50 ms | p99 ms | peak MB | first call s | vs eager | floor ms | of floor |"
-          + cont)
+    print("\n| path | batch | N | frames/s | p50 ms | p99 ms | peak MB | first call s | vs eager | floor ms "
+          "| of floor |" + cont)
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if contend else ""))
     eager = {(r["batch"], r["hyp"]): r for r in rows if r["path"] == "eager" and "fps" in r}
     for r in rows:
@@ -423,13 +427,14 @@ def main(argv=None):
                    help="untimed calls first (at least 1: the first call is timed apart)")
     p.add_argument("--budget", type=float, default=None,
                    help="skip a configuration estimated above this many seconds, its first call (a compile) included "
-                        "(default 120 on the CPU, 600 on a GPU, where max-autotune compiles for minutes)")
+                        "(default 120 on the CPU, 600 on a GPU, where max-autotune's compile is longer)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="leave out the torch.compile baseline (on by default; it compiles for a minute or more "
                         "on 2 cores)")
     p.add_argument("--compile-mode", default=None,
                    help="inductor mode of the compile row (default: max-autotune on a GPU, which adds CUDA graphs; "
-                        "default on the CPU, where max-autotune-no-cudagraphs tunes GEMM templates for minutes)")
+                        "default on the CPU, where max-autotune-no-cudagraphs also tunes GEMM templates: "
+                        "a longer compile)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU intra-op threads for the paths (default: torch's, one per core)")
     p.add_argument("--contend", type=int, default=0, metavar="K",
