@@ -5,13 +5,14 @@ FLOP count that bounds them all.
   reference step in PyTorch: the natural eager formulation.
 - `CompiledDDIM`: the same loop as one pure function of plain tensors, through
   torch.compile(fullgraph=True). The model itself does not compile well as a baseline: its
-  inference caches key on the Python-int timestep (`GCNDenoiser.time_conditioning`), so dynamo
-  guards on t and recompiles at every step until its recompile limit, then runs eagerly. Here
+  inference caches key on the Python-int timestep (`GCNDenoiser.time_conditioning`) and check
+  data pointers, so dynamo breaks the graph there and guards on t, recompiling per step until
+  its recompile limit, then running eagerly. Here
   the weights, the affinities and the per-step scale-shifts are taken out of the model once
   (they do not depend on the input), stacked per step, and the k-step loop is unrolled over
   Python ints: one graph, no guard on t, no graph break (tests/test_bench_fps.py counts).
-- `denoiser_flops`: multiply-adds of the GCN denoiser per pose per call; divided by the
-  machine's matmul rate it is the floor no path can beat.
+- `denoiser_flops`: the GCN denoiser's matmul FLOPs per pose per call; over the machine's
+  matmul rate it is the floor no path can beat.
 
 Both samplers run the same loop (`_ddim_loop`) and the same per-layer math (`mgcn_ref`,
 `sampler_step_ref`, x0 clipping included), so they differ only in how the denoiser is called.
