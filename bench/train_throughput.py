@@ -1,9 +1,19 @@
 """Training throughput: samples per second of one optimiser step (forward, backward, Adam) of the
-denoiser, reference ops vs fused ops, side by side in one process.
+denoiser, side by side in one process:
+
+  reference  the model on the reference ops (plain PyTorch)
+  compile    the same reference step through torch.compile: the forward and the loss as one graph
+             (fullgraph=True; AOT autograd compiles its backward as one graph too), and Adam's step
+             as one graph (torch.optim breaks the graph on purpose at the step's entry, to run it
+             under no_grad, so that function is compiled without fullgraph: the row reports the
+             graphs and breaks counted, 2 and 1, and that no step after the first recompiled).
+             Mode (--compile-mode): default (max-autotune on a GPU); --no-compile leaves it out
+  cpu / cuda / triton   the fused ops
 
   python bench/train_throughput.py                      # d_m 256, batch 1024, every backend that runs here
   python bench/train_throughput.py --d-model 128 --batch 256 --amp bf16 --json out.json
-Warm-up steps are excluded; the figure is the median step time over --repeats steps.
+Warm-up steps are excluded (the compile row's first step, the compile, is reported apart); the
+figure is the median step time over --repeats steps.
 """
 from __future__ import annotations
 
@@ -19,12 +29,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffupose import ops  # noqa: E402
+from diffupose.baselines import compile_counts, reset_compiled  # noqa: E402
 from diffupose.diffusion import Diffusion, DiffusionConfig, joint_weights  # noqa: E402
 from diffupose.model import ModelConfig, build_model  # noqa: E402
 from diffupose.training import amp_dtype  # noqa: E402
 
 
-def step_time(backend, args, device) -> float:
+def step_time(backend, args, device, compiled=False) -> dict:
+    """Median seconds of one optimiser step on `backend` ('reference' when compiled); for the
+    compiled step also its first step (the compile) and dynamo's counts after the timed steps."""
+    reset_compiled()
     torch.manual_seed(0)
     model = build_model(ModelConfig(d_model=args.d_model, n_blocks=args.blocks)).to(device)
     diffusion = Diffusion(DiffusionConfig())
@@ -34,15 +48,28 @@ def step_time(backend, args, device) -> float:
     y = torch.randn(args.batch, 17, 2, device=device) * 0.3
     amp = amp_dtype(args.amp, device)
 
-    def step():
+    def loss_of(x0, y):
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss, _ = diffusion.loss(lambda a, b, c: model(a, b, c, backend=backend), x0, y, w)
+            return diffusion.loss(lambda a, b, c: model(a, b, c, backend=backend), x0, y, w)[0]
+
+    opt_step = opt.step
+    if compiled:
+        opts = {"mode": args.compile_mode} if args.compile_mode != "default" else {}
+        loss_of = torch.compile(loss_of, fullgraph=True, dynamic=False, **opts)
+        opt_step = torch.compile(opt.step, dynamic=False, **opts)  # not fullgraph: torch.optim's own break
+
+    def step():
+        loss = loss_of(x0, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        opt_step()
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(args.warmup):
+    t0 = time.perf_counter()
+    step()
+    sync()
+    out = {"first_step_s": time.perf_counter() - t0}
+    for _ in range(args.warmup - 1):
         step()
     sync()
     times = []
@@ -51,7 +78,11 @@ def step_time(backend, args, device) -> float:
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    out["step_s"] = statistics.median(times)
+    if compiled:
+        out.update(compile_counts())
+    reset_compiled()
+    return out
 
 
 def main(argv=None):
@@ -62,30 +93,46 @@ def main(argv=None):
     p.add_argument("--amp", default="off", choices=["auto", "bf16", "fp16", "off"])
     p.add_argument("--device", default=None)
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the torch.compile row")
+    p.add_argument("--compile-mode", default=None,
+                   help="inductor mode (default: max-autotune on a GPU, default on the CPU)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.warmup < 1:
+        p.error("--warmup must be >= 1")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    candidates = ["reference"] + (["cuda", "triton"] if device.type == "cuda" else ["cpu"])
+    if args.compile_mode is None:
+        args.compile_mode = "max-autotune" if device.type == "cuda" else "default"
+    candidates = ["reference"] + (["compile"] if args.compile else []) + \
+        (["cuda", "triton"] if device.type == "cuda" else ["cpu"])
     print(f"# torch {torch.__version__}, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
           f" ({torch.get_num_threads()} threads), d_model {args.d_model}, blocks {args.blocks}, batch {args.batch}, "
           f"amp {args.amp}")
     print("# command: python " + " ".join(sys.argv))
     rows = []
-    for backend in candidates:
+    for name in candidates:
+        backend = "reference" if name == "compile" else name
         try:
             ops.resolve(backend, device)
         except ops.BackendUnavailable as e:
             print(f"# {backend}: unavailable ({e})")
             continue
-        t = step_time(backend, args, device)
-        rows.append({"backend": backend, "step_ms": t * 1e3, "samples_per_s": args.batch / t})
+        res = step_time(backend, args, device, compiled=name == "compile")
+        t = res.pop("step_s")
+        rows.append({"backend": name, "step_ms": t * 1e3, "samples_per_s": args.batch / t, **res})
+        print(f"# {name}: {rows[-1]['step_ms']:.1f} ms per step, first step {res['first_step_s']:.1f} s"
+              + (f", graphs {res['graphs']} breaks {res['graph_breaks']}" if "graphs" in res else ""), flush=True)
+        if "graphs" in res and (res["graphs"], res["graph_breaks"]) != (2, 1):
+            print("# WARNING: the compiled step was expected as 2 graphs and torch.optim's 1 break: it recompiled "
+                  "or broke elsewhere, so its time is not the baseline's", flush=True)
     base = next((r for r in rows if r["backend"] == "reference"), None)
-    print("| backend | step ms | samples/s | vs reference |")
-    print("|---|---:|---:|---:|")
+    print("| backend | step ms | samples/s | vs reference | first step s |")
+    print("|---|---:|---:|---:|---:|")
     for r in rows:
         ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else ""
-        print(f"| {r['backend']} | {r['step_ms']:.1f} | {r['samples_per_s']:,.0f} | {ratio} |")
+        print(f"| {r['backend']} | {r['step_ms']:.1f} | {r['samples_per_s']:,.0f} | {ratio} "
+              f"| {r['first_step_s']:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"argv": sys.argv, "rows": rows}, indent=1))
 
