@@ -30,7 +30,7 @@ from .registry import cpp_op, register_once
 EPS_CHANNELS = 3  # the out layer's eps channels; its 2 y_hat channels are unused while sampling
 
 
-def center_root(hyp: Tensor, mean: Tensor, root: int) -> tuple[Tensor, Tensor, Tensor]:
+def center_on_root(hyp: Tensor, mean: Tensor, root: int) -> tuple[Tensor, Tensor, Tensor]:
     """Hypotheses [B, N, J, 3] translated so that joint `root` is exactly 0 (the training targets are
     root-relative; the model puts the root only near 0): the mean moves with them and the spread is
     recomputed about the moved mean."""
@@ -40,6 +40,7 @@ def center_root(hyp: Tensor, mean: Tensor, root: int) -> tuple[Tensor, Tensor, T
     return hyp, mean, spread
 
 
+@torch.no_grad()
 def sample_ref(model: nn.Module, diffusion, y: Tensor, n_hyp: int = 1, steps: Optional[int] = 5, eta: float = 0.0,
                ddpm: bool = False, rng_state: Optional[Tensor] = None, seed: int = 0, flip=None,
                dtype: torch.dtype = torch.float32, counter_stride: Optional[int] = None,
@@ -50,7 +51,7 @@ def sample_ref(model: nn.Module, diffusion, y: Tensor, n_hyp: int = 1, steps: Op
                                          rng_state=rng_state, seed=seed, flip=flip, backend="reference", dtype=dtype,
                                          counter_stride=counter_stride)
     if center:
-        hyp, mean, spread = center_root(hyp, mean, model.skeleton.parents.index(-1))
+        hyp, mean, spread = center_on_root(hyp, mean, model.skeleton.parents.index(-1))
     return hyp, mean, spread
 
 
