@@ -58,6 +58,17 @@ def test_matches_reference(sampler, eta, flip, skeleton, n_hyp, frames):
     assert s_op.tolist() == s_ref.tolist()  # advanced past the numbers used, as Diffusion.sample does
 
 
+@pytest.mark.parametrize("act,blocks", [("relu", 1), ("none", 0)])
+def test_other_activations_and_depths(act, blocks):
+    model, diffusion = _model(act=act, blocks=blocks), Diffusion(DiffusionConfig(T=20, clip_x0=0.0))
+    y = torch.randn(3, 17, 2)
+    kw = dict(n_hyp=2, steps=3, eta=0.5, flip="h36m17", center=True)
+    ref = ops.sample_ref(model, diffusion, y, rng_state=_state(), **kw)
+    out = ops.sample(model, diffusion, y, rng_state=_state(), **kw)
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, **TOL)
+
+
 def test_counter_stride_clip_and_no_centring():
     """A padded caller's counter stride draws the same noise per element; the x0 clip (on by
     default) is applied; without centring the mean and spread are the plain ones of the hypotheses."""
