@@ -27,6 +27,17 @@ TORCH_LIBRARY(diffupose, m) {
   m.def("sampler_step(Tensor x, Tensor eps, Tensor rng_state, int counter_offset, "
         "float sqrt_abar, float sqrt_1m_abar, float c_x0, float c_eps, float sigma, float clip, "
         "int n_hyp, bool aggregate) -> (Tensor x_prev, Tensor mean, Tensor spread)");
+  // The whole sampler for y [B, J, 2] (diffupose/ops/sample.py packs the arguments): x_T and
+  // every step's denoiser (input layer, blocks, eps channels of the out layer), the flip
+  // average, the sampler update and the noise of sampler_step (counters rng_state[1] + e for
+  // x_T, + (i + 1) * counter_stride + e at step i), optional root centring, the aggregation.
+  // weights: per layer (input, conv1/conv2 of each block, out) w [C_in, 2 C_out] = [w0 | w1],
+  // m [J, C_out], a [J, J], bias [C_out], float32 (out layer: C_out 3); film [steps, blocks, 2, d]
+  // the scale-shifts; coefs 6 per step (StepCoefs); flip_perm [] or [J]. rng_state is not
+  // advanced here. Returns float32 hyp [B, n_hyp, J, 3], mean [B, J, 3], spread [B, J].
+  m.def("sample(Tensor y, Tensor[] weights, Tensor film, float[] coefs, Tensor rng_state, int n_hyp, "
+        "int counter_stride, int[] flip_perm, int act, int root, bool center_root) "
+        "-> (Tensor hyp, Tensor mean, Tensor spread)");
 }
 
 namespace diffupose {

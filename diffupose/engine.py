@@ -10,7 +10,9 @@ per-joint spread. One object, `Lifter`, for every device:
   every replay because the sampler kernels read (seed, offset) from a device tensor that the
   graph itself advances. Graphs read the model's inference caches and parameters by address:
   they are dropped when any parameter or buffer changes (in place or replaced);
-- on the CPU the same loop runs eagerly through the C++ ops.
+- on the CPU the whole loop of a GCNDenoiser is one op (diffupose.ops.sample: every layer of
+  every step, the noise, flip, centring and aggregation); other models run the same loop
+  eagerly through the C++ ops.
 
 Both paths run `Diffusion.sample` on the same model and the same counter-based noise, so for the
 same seed they agree to within the dtype's rounding. Nothing here reads ground truth: the
@@ -27,6 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from .diffusion import Diffusion, check_pose2d
+from .ops.sample import center_on_root, fused_sampler_available
+from .ops.sample import sample as fused_sample
 from .skeleton import Skeleton
 
 AGGREGATES = ("mean", "median")
@@ -121,14 +125,17 @@ class Lifter:
     (default True there); seed: the noise seed (reproducible: same seed, same results);
     center_root: translate every hypothesis so its root joint is exactly at 0 (default; without
     it the mean and spread are the sampler kernel's own, the root only near 0); max_graphs: captured
-    graphs kept (one per frame bucket and settings; least recently used dropped beyond it).
+    graphs kept (one per frame bucket and settings; least recently used dropped beyond it);
+    fused_sampler: run the whole sampler as one op (diffupose.ops.sample: a GCNDenoiser on the
+    CPU; default there), False for the per-layer ops.
     """
 
     def __init__(self, model: nn.Module, diffusion: Diffusion, *, n_hyp: int = 10, steps: int = 5,
                  sampler: str = "ddim", eta: float = 0.0, flip: bool = False, aggregate: str = "mean",
                  batch_frames: int = 1024, dtype: torch.dtype = torch.float32, cuda_graph: Optional[bool] = None,
                  seed: int = 0, backend: Optional[str] = None, device: Optional[torch.device] = None,
-                 progress: bool = False, center_root: bool = True, max_graphs: int = 8):
+                 progress: bool = False, center_root: bool = True, max_graphs: int = 8,
+                 fused_sampler: Optional[bool] = None):
         if n_hyp < 1 or steps < 1 or batch_frames < 1 or max_graphs < 1:
             raise ValueError(f"n_hyp, steps, batch_frames and max_graphs must be >= 1 (got {n_hyp}, {steps}, "
                              f"{batch_frames}, {max_graphs})")
@@ -148,6 +155,7 @@ class Lifter:
             raise ValueError("cuda_graph=True needs a CUDA device")
         self.progress = progress
         self.center_root = center_root
+        self.fused_sampler = fused_sampler
         self.root = self.skeleton.parents.index(-1)
         self.rng_state = torch.tensor([seed, 0], dtype=torch.int64, device=self.device)
         self.max_graphs = max_graphs
@@ -162,18 +170,22 @@ class Lifter:
     # -- the loop ------------------------------------------------------------------------------
     def _run(self, y: Tensor, chunk_frames: int) -> tuple[Tensor, Tensor, Tensor]:
         stride = chunk_frames * self.n_hyp * self.skeleton.num_joints * 3  # same counters padded or not
-        hyp, mean, spread = self.diffusion.sample(
-            self.model, y, n_hyp=self.n_hyp, steps=self.steps, eta=self.eta, ddpm=self.sampler == "ddpm",
-            rng_state=self.rng_state, flip=self.skeleton if self.flip else None, backend=self.backend,
-            dtype=self.dtype, counter_stride=stride)
+        args = dict(n_hyp=self.n_hyp, steps=self.steps, eta=self.eta, ddpm=self.sampler == "ddpm",
+                    rng_state=self.rng_state, flip=self.skeleton if self.flip else None, dtype=self.dtype,
+                    counter_stride=stride)
+        # the whole loop as one op (diffupose.ops.sample) where it is built for this device and model
+        fused = self.fused_sampler
+        if fused is None:
+            fused = not self.use_graph and fused_sampler_available(self.model, self.device, self.dtype, self.backend)
+        if fused:
+            # exactly root-relative when center_root, as the training targets are (the model puts the root
+            # only near 0): the mean moves with the hypotheses, the spread about it is recomputed
+            hyp, mean, spread = fused_sample(self.model, self.diffusion, y, center=self.center_root, **args)
+        else:
+            hyp, mean, spread = self.diffusion.sample(self.model, y, backend=self.backend, **args)
+            if self.center_root:
+                hyp, mean, spread = center_on_root(hyp, mean, self.root)
         scale = self.diffusion.cfg.pose_scale
-        if self.center_root:
-            # exactly root-relative, as the training targets are (the model puts the root only near 0):
-            # the mean moves with the hypotheses; the spread about the moved mean is recomputed
-            r = self.root
-            hyp = hyp - hyp[:, :, r:r + 1]
-            mean = mean - mean[:, r:r + 1]
-            spread = (hyp - mean[:, None]).square().sum(-1).mean(1).sqrt()
         if self.aggregate == "median":
             mean = hyp.median(dim=1).values
         return hyp * scale, mean * scale, spread * scale
@@ -182,7 +194,8 @@ class Lifter:
         """Everything `_run` bakes into a captured graph as a constant. Settings may be changed on
         the object between calls: each combination gets its graph."""
         return (frames, self.n_hyp, self.steps, self.sampler, self.eta, self.flip, self.aggregate, self.dtype,
-                self.backend, self.center_root, id(self.diffusion), tuple(sorted(self.diffusion.cfg.to_dict().items())))
+                self.backend, self.center_root, self.fused_sampler, id(self.diffusion),
+                tuple(sorted(self.diffusion.cfg.to_dict().items())))
 
     def _loop_for(self, frames: int) -> _CapturedLoop:
         model_key = model_state_key(self.model)

@@ -1,0 +1,188 @@
+"""The whole sampler as one op: every denoiser layer of every step, the sampler updates with
+their noise, the flip average, the root centring and the aggregation in one call.
+
+For 2D poses y [B, J, 2] and a GCNDenoiser, `sample` returns what `Diffusion.sample` (then,
+with center_root, Lifter's root centring) returns for the same rng_state and counter stride:
+hypotheses [B, N, J, 3], their mean [B, J, 3] and per-joint spread [B, J], float32, normalised
+units. The noise is sampler_step's counter-based Philox (x_T at counters offset + e, step i at
+offset + (i + 1) * stride + e for element e), so both paths draw the same numbers, and
+rng_state is advanced past them in the same way.
+
+Implementations: `sample_ref` (the model and Diffusion.sample on the reference backend: the
+definition) and `diffupose::sample` (C++ CPU, csrc/sample_cpu.cpp), which computes in float32
+whatever the activation dtype. The weights are packed once per model ([w0 | w1] side by side,
+the out layer cut to its 3 eps channels, the affinities normalised) and re-packed when a
+parameter changes (version counters and storage, as GCNDenoiser.time_conditioning keys its
+cache). No gradient: it is inference only.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import backend as _backend
+from .mgcn import ACTIVATIONS
+from .registry import cpp_op, register_once
+
+EPS_CHANNELS = 3  # the out layer's eps channels; its 2 y_hat channels are unused while sampling
+
+
+def center_on_root(hyp: Tensor, mean: Tensor, root: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Hypotheses [B, N, J, 3] translated so that joint `root` is exactly 0 (the training targets are
+    root-relative; the model puts the root only near 0): the mean moves with them and the spread is
+    recomputed about the moved mean."""
+    hyp = hyp - hyp[:, :, root:root + 1]
+    mean = mean - mean[:, root:root + 1]
+    spread = (hyp - mean[:, None]).square().sum(-1).mean(1).sqrt()
+    return hyp, mean, spread
+
+
+@torch.no_grad()
+def sample_ref(model: nn.Module, diffusion, y: Tensor, n_hyp: int = 1, steps: Optional[int] = 5, eta: float = 0.0,
+               ddpm: bool = False, rng_state: Optional[Tensor] = None, seed: int = 0, flip=None,
+               dtype: torch.dtype = torch.float32, counter_stride: Optional[int] = None,
+               center: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """The definition: Diffusion.sample with the model on the reference backend, then (center) the
+    root centring. Advances rng_state as Diffusion.sample does."""
+    hyp, mean, spread = diffusion.sample(model, y, n_hyp=n_hyp, steps=steps, eta=eta, ddpm=ddpm,
+                                         rng_state=rng_state, seed=seed, flip=flip, backend="reference", dtype=dtype,
+                                         counter_stride=counter_stride)
+    if center:
+        hyp, mean, spread = center_on_root(hyp, mean, model.skeleton.parents.index(-1))
+    return hyp, mean, spread
+
+
+# ---------------------------------------------------------------------------------------------
+# packing, once per model
+# ---------------------------------------------------------------------------------------------
+def _convs(model: nn.Module) -> list:
+    """The graph convolutions in the op's order: input, (conv1, conv2) of each block, out."""
+    net = model.net
+    layers = [net.inp]
+    for c1, c2 in zip(net.convs1, net.convs2):
+        layers += [c1, c2]
+    return layers + [net.out]
+
+
+def _key(modules) -> tuple:
+    return tuple((p._version, p.data_ptr(), p.device) for m in modules for p in m.parameters())
+
+
+_packed: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[Tensor]]]" = weakref.WeakKeyDictionary()
+_films: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def pack_weights(model: nn.Module) -> list[Tensor]:
+    """4 float32 tensors per graph convolution (w [C_in, 2 C_out] = [w0 | w1], m, a, bias), the out
+    layer cut to the eps channels; cached until a parameter of the convolutions changes."""
+    convs = _convs(model)
+    key = _key(convs)
+    hit = _packed.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    packed = []
+    for i, conv in enumerate(convs):
+        c = EPS_CHANNELS if i == len(convs) - 1 else conv.c_out
+        w = conv.W.detach()[:, :, :c].float()
+        packed += [torch.cat([w[0], w[1]], 1).contiguous(), conv.M.detach()[:, :c].float().contiguous(),
+                   conv.affinity().detach().float().contiguous(), conv.bias.detach()[:c].float().contiguous()]
+    _packed[model] = (key, packed)
+    return packed
+
+
+@torch.no_grad()
+def film_table(model: nn.Module, timesteps: list[int], device) -> Tensor:
+    """The blocks' scale-shifts of every step [steps, blocks, 2, d] float32, from the model's own
+    time_conditioning; cached per timestep list until the embedding or FiLM weights change."""
+    key = (tuple(timesteps), _key([model.temb, model.net.films]), device)
+    cache = _films.setdefault(model, {})
+    hit = cache.get(key[0])
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    if model.cfg.n_blocks == 0:  # nothing to condition (torch.cat of no tensors would fail)
+        table = torch.zeros(len(timesteps), 0, 2, model.cfg.d_model, device=device)
+    else:
+        table = torch.stack([torch.cat(model.time_conditioning(t, 1, device), 0) for t in timesteps]).float()
+    cache[key[0]] = (key, table)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# the op
+# ---------------------------------------------------------------------------------------------
+def _fake(y, weights, film, coefs, rng_state, n_hyp, counter_stride, flip_perm, act, root, center_root):
+    B, J, _ = y.shape
+    return (y.new_empty(B, n_hyp, J, 3, dtype=torch.float32), y.new_empty(B, J, 3, dtype=torch.float32),
+            y.new_empty(B, J, dtype=torch.float32))
+
+
+def _cpp_op():
+    op = cpp_op("sample")
+    register_once("sample_cpp", lambda: torch.library.register_fake("diffupose::sample")(_fake))
+    return op
+
+
+def fused_sampler_available(model: nn.Module, device, dtype: torch.dtype = torch.float32,
+                            backend: Optional[str] = None) -> bool:
+    """Whether `sample` runs this model: a GCNDenoiser on the CPU with the extension built, an
+    activation dtype the op covers (it computes in float32: not float64) and the CPU backend."""
+    from ..model import GCNDenoiser
+
+    device = torch.device(device)
+    if not isinstance(model, GCNDenoiser) or device.type != "cpu" or dtype == torch.float64:
+        return False
+    try:
+        return _backend.resolve(backend, device) == "cpu"
+    except _backend.BackendUnavailable:
+        return False
+
+
+@torch.no_grad()
+def sample(model: nn.Module, diffusion, y: Tensor, n_hyp: int = 1, steps: Optional[int] = 5, eta: float = 0.0,
+           ddpm: bool = False, rng_state: Optional[Tensor] = None, seed: int = 0, flip=None,
+           dtype: torch.dtype = torch.float32, counter_stride: Optional[int] = None,
+           center: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Diffusion.sample (+ root centring) in one call of diffupose::sample; the same arguments and
+    results as `sample_ref` (float32 results; dtype is accepted for the same signature, the op
+    computes in float32). flip: a Skeleton, its name, or None."""
+    from ..model import GCNDenoiser
+    from ..skeleton import get_skeleton
+
+    if not isinstance(model, GCNDenoiser):
+        raise ValueError(f"sample: the fused sampler runs a GCNDenoiser, got {type(model).__name__}")
+    if not isinstance(y, Tensor) or y.dim() != 3 or y.shape[-1] != 2:
+        raise ValueError(f"sample: y must be a tensor [frames, joints, 2], got {getattr(y, 'shape', type(y))}")
+    J = model.skeleton.num_joints
+    if y.shape[1] != J:
+        raise ValueError(f"sample: y has {y.shape[1]} joints, the model {J}")
+    if n_hyp < 1:
+        raise ValueError(f"sample: n_hyp must be >= 1, got {n_hyp}")
+    if y.device.type != "cpu":
+        raise ValueError(f"sample: the fused sampler runs on the CPU, y is on {y.device}")
+    if rng_state is None:
+        rng_state = torch.tensor([seed, 0], dtype=torch.int64)
+    if rng_state.dtype != torch.int64 or rng_state.numel() != 2 or rng_state.device.type != "cpu":
+        raise ValueError("sample: rng_state must be an int64 CPU tensor [seed, offset]")
+    skel = get_skeleton(flip) if isinstance(flip, str) else flip
+    if skel is not None and skel.num_joints != J:
+        raise ValueError(f"sample: flip skeleton {skel.name} has {skel.num_joints} joints, the model {J}")
+    plan = diffusion.plan(steps, eta, ddpm)
+    numel = y.shape[0] * n_hyp * J * 3
+    stride = numel if counter_stride is None else int(counter_stride)
+    if stride < numel:
+        raise ValueError(f"sample: counter_stride {stride} is smaller than the {numel} elements of a step")
+    film = film_table(model, [t for t, _ in plan], y.device)
+    coefs = [float(v) for _, c in plan for v in c.as_args()]
+    perm = list(skel.flip_permutation) if skel is not None else []
+    hyp, mean, spread = _cpp_op()(y, pack_weights(model), film, coefs, rng_state, int(n_hyp), stride, perm,
+                                  ACTIVATIONS[model.cfg.act], model.skeleton.parents.index(-1), bool(center))
+    rng_state[1] += (len(plan) + 1) * stride  # as Diffusion.sample: the next call draws fresh noise
+    return hyp, mean, spread
+
+
+if _backend.has_extension():
+    _cpp_op()
