@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "common/mgcn_math.h"
+#include "cpu/flush_denormals.h"
 #include "cpu/mgcn_rows.h"
 #include "mgcn_check.h"
 #define DP_ROWS_NS base
@@ -256,6 +257,7 @@ void mgcn_fwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& 
     const T* h0p = H.h0;
     const T* h1p = H.h1;
     at::parallel_for(0, nb, 1, [&](int64_t s0, int64_t s1) {
+      const ScopedFlushDenormals ftz;  // the silu rows' denormals (cpu/flush_denormals.h)
       FwdScratch<T> w(J, Cout);
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t b = b0 + s;
@@ -378,6 +380,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const T* h1p = H.h1;
       const int64_t t_first = b0 / kTileSamples, t_end = (b0 + nb + kTileSamples - 1) / kTileSamples;
       at::parallel_for(t_first, t_end, 1, [&](int64_t t0, int64_t t1) {
+        const ScopedFlushDenormals ftz;
         BwdScratch<T> sc(J, Cout);
         for (int64_t t = t0; t < t1; ++t) {
           T* base = slotp + t * slot_len;

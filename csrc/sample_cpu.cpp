@@ -33,9 +33,6 @@
 #include <torch/library.h>
 
 #include <dlfcn.h>
-#if defined(__SSE__)
-#include <xmmintrin.h>
-#endif
 
 #include <algorithm>
 #include <atomic>
@@ -46,6 +43,7 @@
 #include "common/activation.h"
 #include "common/philox.h"
 #include "common/sampler_math.h"
+#include "cpu/flush_denormals.h"
 #include "cpu/mgcn_rows.h"
 
 namespace diffupose {
@@ -107,31 +105,17 @@ const Blas& blas() {
   return b;
 }
 
-// The state of a worker thread for the op's duration, restored after:
-// - one BLAS thread (MKL's thread-local setting);
-// - denormals flushed to zero (MXCSR FTZ | DAZ). The silu rows (cpu/mgcn_rows_impl.h) come out of
-//   gcc if-converted: the clamped branch u / (1 + exp(87)) is evaluated for every lane, and for
-//   ordinary |u| ~ 1 that is a denormal, a microcode assist per vector: measured 3.5 ns per
-//   element against 0.45 with FTZ, 40% of a 1 x 10 call. Values below 1.2e-38 becoming 0 is
-//   far inside every tolerance; the per-layer path keeps IEEE denormals.
+// The state of a worker thread for the op's duration, restored after: one BLAS thread (MKL's
+// thread-local setting) and denormals flushed to zero (cpu/flush_denormals.h says why).
 struct WorkerState {
   int blas_threads = 0;
-#if defined(__SSE__)
-  unsigned int csr = 0;
-#endif
+  const ScopedFlushDenormals ftz;
   WorkerState() {
     const int one = 1;
     if (blas().mkl_local_threads) blas_threads = blas().mkl_local_threads(&one);
-#if defined(__SSE__)
-    csr = _mm_getcsr();
-    _mm_setcsr(csr | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
-#endif
   }
   ~WorkerState() {
     if (blas().mkl_local_threads) blas().mkl_local_threads(&blas_threads);  // 0: back to the global setting
-#if defined(__SSE__)
-    _mm_setcsr(csr);
-#endif
   }
 };
 

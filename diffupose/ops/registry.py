@@ -19,7 +19,12 @@ _registered: set[str] = set()
 def cpp_op(name: str):
     """torch.ops.diffupose.<name> from diffupose._C; BackendUnavailable (with the fix) if not built."""
     _backend.extension()
-    return getattr(torch.ops.diffupose, name)
+    op = getattr(torch.ops.diffupose, name, None)
+    if op is None:  # an extension built from older sources than the Python package
+        raise _backend.BackendUnavailable(
+            f"diffupose._C has no op {name!r}: it was built from older sources; rebuild it (./run.sh setup, "
+            "or pip install --no-build-isolation -e .)")
+    return op
 
 
 def register_once(key: str, fn: Callable[[], None]) -> None:

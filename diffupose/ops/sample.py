@@ -136,8 +136,8 @@ def fused_sampler_available(model: nn.Module, device, dtype: torch.dtype = torch
     if not isinstance(model, GCNDenoiser) or device.type != "cpu" or dtype == torch.float64:
         return False
     try:
-        return _backend.resolve(backend, device) == "cpu"
-    except _backend.BackendUnavailable:
+        return _backend.resolve(backend, device) == "cpu" and _cpp_op() is not None
+    except _backend.BackendUnavailable:  # not built, or built before this op existed
         return False
 
 
@@ -185,4 +185,7 @@ def sample(model: nn.Module, diffusion, y: Tensor, n_hyp: int = 1, steps: Option
 
 
 if _backend.has_extension():
-    _cpp_op()
+    try:
+        _cpp_op()
+    except _backend.BackendUnavailable:  # a stale build: the per-layer path still works
+        pass
