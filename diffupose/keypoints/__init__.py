@@ -18,8 +18,9 @@ from .layouts import (BODY25_JOINTS, COCO17_JOINTS, COCO_TO_H36M17, COCO_WHOLEBO
 from .people import PERSON_HELP, Person, choose_people, parse_person  # noqa: F401
 from .readers import Keypoints, read_keypoints  # noqa: F401
 from .results import LiftOutput, npz_member_memmap, read_lift_output  # noqa: F401
-from .writers import (OUTPUT_FORMATS, STALE_PART_SECONDS, LiftWriter, _host_tag, _pid_alive,  # noqa: F401
-                      check_output_path, remove_stale_temporaries)
+from .writers import (CLIP_WRITERS, OUTPUT_FORMATS, STALE_PART_SECONDS, LiftWriter, _host_tag,  # noqa: F401
+                      _pid_alive, check_output_path, output_formats, register_clip_writer,
+                      remove_stale_temporaries)
 
 __all__ = ["BODY25_JOINTS", "COCO17_JOINTS", "COCO_TO_H36M17", "COCO_WHOLEBODY_JOINTS", "InputPlan", "KeypointError",
            "Keypoints", "LAYOUTS", "LiftOutput", "LiftWriter", "MEDIAPIPE33_JOINTS", "PreparedChunk",

@@ -17,7 +17,25 @@ import numpy as np
 from .errors import KeypointError, PathLike
 
 
-OUTPUT_FORMATS = (".npz", ".json")
+OUTPUT_FORMATS = (".npz", ".json")  # streamed by LiftWriter, whatever the length
+# Formats written from a whole lifted clip (suffix -> writer(lifted: diffupose.api.Lifted, path)):
+# the hook for writers that need every frame at once (BVH: bone lengths over the clip; a CSV of
+# named columns). A writer makes its file appear complete or not at all. `diffupose lift -o X.suffix`
+# and `Lifted.save` dispatch on the suffix.
+CLIP_WRITERS: dict = {}
+
+
+def output_formats() -> tuple[str, ...]:
+    """Every suffix a lift can write: the streamed formats, then the registered clip writers'."""
+    return OUTPUT_FORMATS + tuple(s for s in CLIP_WRITERS if s not in OUTPUT_FORMATS)
+
+
+def register_clip_writer(suffix: str, writer) -> None:
+    """Make `diffupose lift -o OUT<suffix>` and `Lifted.save` write through writer(lifted, path)."""
+    suffix = suffix.lower() if suffix.startswith(".") else "." + suffix.lower()
+    if suffix in OUTPUT_FORMATS:
+        raise ValueError(f"{suffix} is written by LiftWriter; register another suffix")
+    CLIP_WRITERS[suffix] = writer
 
 
 def check_output_path(path: PathLike, inputs: Sequence[PathLike] = (), formats=OUTPUT_FORMATS) -> Path:
