@@ -103,6 +103,20 @@ class Lifted:
             raise
 
 
+@dataclass
+class LiftSummary:
+    """What `PoseLifter.lift_to_file` did, for a summary line (memory bounded: only sums and the
+    first few unreliable frames)."""
+
+    frames: int
+    spread_sum: float  # metres, over frames and joints
+    weak_joints: int
+    unreliable_frames: int
+    unreliable_first: list[int]  # up to 8 input frame indices
+    removed_stale: list[Path]  # temporaries of killed earlier lifts to the same output, removed
+    seconds: float
+
+
 # ---------------------------------------------------------------------------------------------
 # the input
 # ---------------------------------------------------------------------------------------------
@@ -482,6 +496,48 @@ class PoseLifter:
                                                    "metrics")},
             },
         }
+
+    def lift_to_file(self, inp: LiftInput, path: Union[str, Path], progress: bool = False) -> "LiftSummary":
+        """Lift an input into a file: .npz / .json streamed batch by batch through LiftWriter (memory
+        bounded whatever the length; the file appears complete or not at all, also on Ctrl-C), a
+        format of keypoints.writers.CLIP_WRITERS from the whole clip. The path must have passed
+        check_output_path. Returns the sums a summary line needs."""
+        from .keypoints import LiftWriter
+        from .keypoints.writers import CLIP_WRITERS
+
+        out = Path(path)
+        t0 = time.perf_counter()
+        clip_writer = CLIP_WRITERS.get(out.suffix.lower())
+        if clip_writer is not None:  # a format written from the whole clip at once
+            res = self.lift_input(inp, warn=False)
+            clip_writer(res, out)
+            bad = np.flatnonzero(res.unreliable)
+            return LiftSummary(inp.frames, float(res.spread.sum()), int(res.weak.sum()), len(bad),
+                               res.frame_index[bad[:8]].tolist(), [], time.perf_counter() - t0)
+        writer = LiftWriter(out, frames=inp.frames, n_hyp=self.settings["hypotheses"], joint_names=self.joint_names,
+                            meta=self.meta(inp), has_scores=inp.kp.has_scores, frame_ids=inp.kp.frame_ids)
+        sm = LiftSummary(inp.frames, 0.0, 0, 0, [], writer.removed_stale, 0.0)
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=inp.frames, unit="frame", desc=f"lifting x{self.settings['hypotheses']}", leave=False,
+                       disable=None if progress else True)
+            for idx, c, r in self.iter_lift(inp):
+                writer.write(pose3d=r["pose3d"], hypotheses=r["hypotheses"], spread=r["spread"], weak=c.weak,
+                             unreliable=c.unreliable, pose2d=c.pose2d, keypoints2d=c.keypoints2d, frame_index=idx,
+                             score=c.score)
+                sm.spread_sum += float(r["spread"].sum())
+                sm.weak_joints += int(c.weak.sum())
+                sm.unreliable_frames += int(c.unreliable.sum())
+                sm.unreliable_first += idx[c.unreliable][:8 - len(sm.unreliable_first)].tolist()
+                bar.update(len(idx))
+            bar.close()
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        sm.seconds = time.perf_counter() - t0
+        return sm
 
     def lift_input(self, inp: LiftInput, warn: bool = True) -> Lifted:
         """Lift an input `read_input` checked; the whole clip in memory (the CLI streams instead)."""

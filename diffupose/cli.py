@@ -440,13 +440,10 @@ def pick_backend(requested: str, model, diffusion, device, dtype, report: _Repor
 # ---------------------------------------------------------------------------------------------
 def cmd_lift(args) -> int:
     """`diffupose lift`: the API (diffupose.api) with messages: read and check the input, load the
-    lifter, stream the batches to the output (.npz / .json by LiftWriter, bounded memory), or lift
-    the whole clip for a registered clip format (keypoints.writers.CLIP_WRITERS)."""
-    import numpy as np
-
+    lifter, lift into the output (PoseLifter.lift_to_file), say what happened."""
     from .api import load_lifter, read_input, unreliable_text
     from .keypoints import check_output_path
-    from .keypoints.writers import CLIP_WRITERS, output_formats
+    from .keypoints.writers import output_formats
 
     report = _Reporter("lift", args.quiet)
     out = check_output_path(args.output, inputs=[args.input], formats=output_formats())
@@ -462,59 +459,17 @@ def cmd_lift(args) -> int:
                          batch_size=args.batch_size, backend=args.backend, dtype=args.dtype, on_note=report.note,
                          _shipped=DEFAULT_CHECKPOINT)
     lifter.check_input(inp)
-    st = lifter.settings
-    F, J = inp.frames, lifter.skeleton.num_joints
-    t0 = time.perf_counter()
-    clip_writer = CLIP_WRITERS.get(out.suffix.lower())
-    if clip_writer is not None:  # a format written from the whole clip at once
-        res = lifter.lift_input(inp, warn=False)
-        clip_writer(res, out)
-        spread_sum, weak_count = float(res.spread.sum()), int(res.weak.sum())
-        bad = np.flatnonzero(res.unreliable)
-        unreliable_count, unreliable_first = len(bad), res.frame_index[bad[:8]].tolist()
-    else:
-        spread_sum, weak_count, unreliable_count, unreliable_first = _stream_lift(lifter, inp, out, report, args)
-    dt = time.perf_counter() - t0
-    if unreliable_count:
-        report.warn(unreliable_text(unreliable_count, F, unreliable_first, inp.kp.frame_ids))
-    print(f"lifted {F} frames x {st['hypotheses']} hypotheses in {dt:.1f} s ({F / max(dt, 1e-9):.0f} frames/s, "
-          f"{st['backend']} on {st['device']}): mean per-joint spread {100 * spread_sum / (F * J):.1f} cm, "
-          f"{weak_count} weak joints, {unreliable_count} unreliable frames -> {out}")
-    return 0
-
-
-def _stream_lift(lifter, inp, out: Path, report: _Reporter, args) -> tuple[float, int, int, list[int]]:
-    """Lift batch by batch into a LiftWriter (memory bounded whatever the length); the summary's
-    sums: (spread, weak joints, unreliable frames, the first few unreliable frames)."""
-    from .keypoints import LiftWriter
-
-    writer = LiftWriter(out, frames=inp.frames, n_hyp=lifter.settings["hypotheses"], joint_names=lifter.joint_names,
-                        meta=lifter.meta(inp), has_scores=inp.kp.has_scores, frame_ids=inp.kp.frame_ids)
-    if writer.removed_stale:
-        report.note(f"removed {len(writer.removed_stale)} temporary folder(s) that killed earlier lifts to {out} "
+    sm = lifter.lift_to_file(inp, out, progress=not args.quiet)
+    if sm.removed_stale:
+        report.note(f"removed {len(sm.removed_stale)} temporary folder(s) that killed earlier lifts to {out} "
                     "left behind")
-    spread_sum, weak_count = 0.0, 0
-    unreliable_count, unreliable_first = 0, []  # the first few for the summary: memory stays bounded
-    try:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=inp.frames, unit="frame", desc=f"lifting x{lifter.settings['hypotheses']}", leave=False,
-                   disable=True if args.quiet else None)
-        for idx, c, r in lifter.iter_lift(inp):
-            writer.write(pose3d=r["pose3d"], hypotheses=r["hypotheses"], spread=r["spread"], weak=c.weak,
-                         unreliable=c.unreliable, pose2d=c.pose2d, keypoints2d=c.keypoints2d, frame_index=idx,
-                         score=c.score)
-            spread_sum += float(r["spread"].sum())
-            weak_count += int(c.weak.sum())
-            unreliable_count += int(c.unreliable.sum())
-            unreliable_first += idx[c.unreliable][:8 - len(unreliable_first)].tolist()
-            bar.update(len(idx))
-        bar.close()
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    return spread_sum, weak_count, unreliable_count, unreliable_first
+    if sm.unreliable_frames:
+        report.warn(unreliable_text(sm.unreliable_frames, sm.frames, sm.unreliable_first, inp.kp.frame_ids))
+    st, F, J = lifter.settings, sm.frames, lifter.skeleton.num_joints
+    print(f"lifted {F} frames x {st['hypotheses']} hypotheses in {sm.seconds:.1f} s ({F / max(sm.seconds, 1e-9):.0f} "
+          f"frames/s, {st['backend']} on {st['device']}): mean per-joint spread {100 * sm.spread_sum / (F * J):.1f} "
+          f"cm, {sm.weak_joints} weak joints, {sm.unreliable_frames} unreliable frames -> {out}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
