@@ -422,12 +422,6 @@ def load_model(checkpoint: Optional[str], device, allow_regressor: bool = False)
     return _load(checkpoint, device, allow_regressor, shipped=DEFAULT_CHECKPOINT)
 
 
-def _sha256(path: Path) -> str:
-    from .api import sha256_of
-
-    return sha256_of(path)
-
-
 def pick_backend(requested: str, model, diffusion, device, dtype, report: _Reporter) -> str:
     """api.pick_backend, its fallbacks reported as notes."""
     from .api import pick_backend as _pick
@@ -520,34 +514,6 @@ def _sampling(args, model, diffusion, device, report: _Reporter):
     return steps, dtype, pick_backend(args.backend, model, diffusion, device, dtype, report)
 
 
-def _load_sets(name: str, data_dir, keypoints: Optional[str], cameras, config: dict, model):
-    """(train, test, keypoints used, where that choice came from) of a dataset; CliError for files
-    that are missing or unreadable and for a skeleton the checkpoint does not have."""
-    from .data.dataset import load_dataset
-
-    recorded = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
-    if keypoints is not None:
-        source = "--keypoints"
-    elif recorded.get("name") == name and isinstance(recorded.get("keypoints"), str):
-        keypoints, source = recorded["keypoints"], "the checkpoint's training input"
-    else:
-        keypoints, source = "gt", "default"
-    where = f"--dataset {name}" + (f" --data-dir {data_dir}" if data_dir else "")
-    try:
-        train, test = load_dataset(name, Path(data_dir).expanduser() if data_dir else None, keypoints, cameras)
-    except OSError as e:
-        text = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
-        raise CliError(f"{where}: {text}") from None
-    except (ValueError, KeyError) as e:
-        raise CliError(f"{where}: {e}") from None
-    if len(test) == 0:
-        raise CliError(f"{where}: the test split has no frames")
-    if test.skeleton.name != model.cfg.skeleton:
-        raise CliError(f"the checkpoint's model is for the {model.cfg.skeleton} skeleton but {name} has "
-                       f"{test.skeleton.name} poses; evaluate it on a dataset of its skeleton")
-    return train, test, keypoints, source
-
-
 def _lift_and_score(model, diffusion, test, ns, args, steps, dtype, backend, device, *, oracle: bool,
                     keep: bool):
     from .evaluate import evaluate_model
@@ -576,40 +542,8 @@ def _subset_text(test, total: int) -> str:
     return f"{len(test):,} of {total:,} test frames (about 1 in {total / len(test):.0f}, spread evenly)"
 
 
-def _results_doc(kind: str, config: dict, wpath: Path, dataset: dict, settings: dict, evals,
-                 baselines=None) -> dict:
-    from . import __version__
-    from .evaluate import ORACLE_ROW, per_action, summary
-
-    doc = {
-        "format": f"diffupose-{kind}", "diffupose_version": __version__,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "units": "millimetres (MPJPE: protocol #1; P-MPJPE: protocol #2, after a similarity alignment); "
-                 "per action, then Avg = the mean over actions",
-        "summary": summary(evals),
-        "per_action": per_action(evals, baselines),
-        "frames_per_action": next(iter(evals.values())).frames,
-        "dataset": dataset, "settings": settings,
-        "checkpoint": {"path": str(wpath.resolve()), "weights_sha256": _sha256(wpath),
-                       **{k: config.get(k) for k in ("model", "diffusion", "dataset", "metrics")}},
-    }
-    if any(ev.oracle_mpjpe is not None for ev in evals.values()):
-        doc["oracle_note"] = (f"rows named {ORACLE_ROW.format(n='N')!r} and summary keys oracle_*: the hypothesis "
-                              "nearest the ground truth per frame; they use the ground truth, so they are a bound, "
-                              "not a prediction")
-    return doc
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    import json
-
-    from .checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
-
-
 def cmd_eval(args) -> int:
-    from .evaluate import ORACLE_ROW, subsample, tables
+    from .evaluate import ORACLE_ROW, load_test_sets, results_doc, subsample, tables, write_results_json
     from .keypoints import check_output_path
 
     report = _Reporter("eval", args.quiet)
@@ -619,7 +553,7 @@ def cmd_eval(args) -> int:
                        "(VideoPose3D layout; the data are not shipped)")
     device = _device(args.device)
     model, diffusion, config, wpath = load_model(args.checkpoint, device, allow_regressor=True)
-    _, test_all, keypoints, kp_source = _load_sets(args.dataset, args.data_dir, args.keypoints, args.cameras, config,
+    _, test_all, keypoints, kp_source = load_test_sets(args.dataset, args.data_dir, args.keypoints, args.cameras, config,
                                                    model)
     steps, dtype, backend = _sampling(args, model, diffusion, device, report)
     test, _ = subsample(test_all, args.max_frames)
@@ -645,16 +579,14 @@ def cmd_eval(args) -> int:
                     "oracle": args.oracle}
         dataset = {"name": args.dataset, "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
                    "keypoints": keypoints, "split": "test", "frames": len(test), "frames_in_split": len(test_all)}
-        _write_json(json_out, _results_doc("eval", config, wpath, dataset, settings, evals))
+        write_results_json(json_out, results_doc("eval", config, wpath, dataset, settings, evals))
         print(f"results -> {json_out}")
     return 0
 
 
 def cmd_demo(args) -> int:
-    import numpy as np
-
     from . import demo as demo_fig
-    from .evaluate import evaluate_mean_pose, subsample, tables
+    from .evaluate import evaluate_mean_pose, load_test_sets, results_doc, subsample, tables, write_results_json
     from .keypoints import check_output_path
     from .metrics import mpjpe_per_frame
 
@@ -664,7 +596,7 @@ def cmd_demo(args) -> int:
     json_out = check_output_path(args.json, formats=(".json",)) if args.json else None
     device = _device(args.device)
     model, diffusion, config, wpath = load_model(args.checkpoint, device)
-    train, test_all, keypoints, kp_source = _load_sets("cmu", None, args.keypoints, None, config, model)
+    train, test_all, keypoints, kp_source = load_test_sets("cmu", None, args.keypoints, None, config, model)
     steps, dtype, backend = _sampling(args, model, diffusion, device, report)
     max_frames = args.max_frames if args.max_frames is not None else (0 if device.type == "cuda" else DEMO_CPU_FRAMES)
     test, _ = subsample(test_all, max_frames)
@@ -721,9 +653,9 @@ def cmd_demo(args) -> int:
                     "batch_size": args.batch_size, "device": str(device), "backend": backend, "dtype": args.dtype}
         dataset = {"name": "cmu", "data_dir": None, "keypoints": keypoints, "split": "test", "frames": len(test),
                    "frames_in_split": len(test_all)}
-        doc = _results_doc("demo", config, wpath, dataset, settings, evals, baselines={base_name: base})
+        doc = results_doc("demo", config, wpath, dataset, settings, evals, baselines={base_name: base})
         doc["figure"] = str(out.resolve())
-        _write_json(json_out, doc)
+        write_results_json(json_out, doc)
     wall = time.perf_counter() - t_start
     lifted = len(test) * len(evals)
     lift_s = sum(ev.extra["seconds"] for ev in evals.values())
