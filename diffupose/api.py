@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .keypoints import (COCO_TO_H36M17, DETECTOR_TO_COCO17, InputPlan, KeypointError, Keypoints, Person, parse_person,
-                        PreparedChunk, check_conversion, check_keypoints, iter_chunks, prepare_chunk, read_keypoints,
-                        resolve_layout, unit_square_to_pixels)
+from .keypoints import (COCO_TO_H36M17, DETECTOR_TO_COCO17, InputPlan, KeypointError, Keypoints, Person,
+                        PreparedChunk, check_conversion, check_keypoints, iter_chunks, parse_person, prepare_chunk,
+                        read_keypoints, resolve_layout, unit_square_to_pixels)
 from .keypoints.checks import _frames_text
 
 if TYPE_CHECKING:

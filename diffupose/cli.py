@@ -553,7 +553,8 @@ def cmd_eval(args) -> int:
                        "(VideoPose3D layout; the data are not shipped)")
     device = _device(args.device)
     model, diffusion, config, wpath = load_model(args.checkpoint, device, allow_regressor=True)
-    _, test_all, keypoints, kp_source = load_test_sets(args.dataset, args.data_dir, args.keypoints, args.cameras, config,
+    _, test_all, keypoints, kp_source = load_test_sets(args.dataset, args.data_dir, args.keypoints, args.cameras,
+                                                       config,
                                                    model)
     steps, dtype, backend = _sampling(args, model, diffusion, device, report)
     test, _ = subsample(test_all, args.max_frames)

@@ -1,4 +1,5 @@
-"""diffupose.ablations (train/ablations.py is its thin command line): the whole study at micro size (--smoke: two tiny runs, two steps, 32 test
+"""diffupose.ablations (train/ablations.py is its thin command line): the whole study at micro
+size (--smoke: two tiny runs, two steps, 32 test
 frames), its results.json, the report with every section and both plots, resuming (finished runs
 skipped, a half-finished run continued), refusing a folder of other settings, and the plan of the
 default study."""

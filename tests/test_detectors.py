@@ -156,6 +156,19 @@ def test_openpose_folder_gives_the_coco_poses(tmp_path, lifter, coco):
     assert one.pose3d.shape == (1, 17, 3)
 
 
+def test_openpose_folder_through_the_command(tmp_path, lifter, coco, capsys):
+    from diffupose.keypoints import read_lift_output
+
+    folder = write_openpose(tmp_path / "json", [[(p, SCORE, None)] for p in to_body25(coco)])
+    rc = cli.main(["lift", str(folder), "--image-size", str(W), str(H), "-n", "3", "--steps", "2", "-q",
+                   "-o", str(tmp_path / "o.json")])
+    assert rc == 0, capsys.readouterr().err
+    out = read_lift_output(tmp_path / "o.json")
+    assert out.meta["input"]["format"] == "openpose" and out.meta["input"]["layout"] == "body25"
+    np.testing.assert_allclose(out.pose3d, lifter.lift(folder, image_size=(W, H)).pose3d, atol=1e-5)
+    assert out.frame_id.tolist() == list(range(len(coco)))
+
+
 def test_openpose_empty_frame_and_undetected_joint(tmp_path, lifter, coco):
     b25 = to_body25(coco)
     b25[2, BODY25_JOINTS.index("l_wrist")] = 0  # OpenPose writes an undetected joint as 0, 0, 0
@@ -185,7 +198,8 @@ def test_mediapipe_json_and_csv_give_the_coco_poses(tmp_path, lifter, coco):
     _same_poses(lifter.lift(p2, image_size=(W, H)), expected)
     # CSV with a named column per landmark coordinate
     cols = [f"{j}_{c}" for j in MEDIAPIPE33_JOINTS for c in ("x", "y", "z", "visibility")]
-    rows = [",".join([str(i)] + [repr(float(v)) for x, y in f for v in (x, y, -0.1, SCORE)]) for i, f in enumerate(frac)]
+    rows = [",".join([str(i)] + [repr(float(v)) for x, y in f for v in (x, y, -0.1, SCORE)])
+            for i, f in enumerate(frac)]
     p3 = tmp_path / "mediapipe.csv"
     p3.write_text("frame," + ",".join(cols) + "\n" + "\n".join(rows) + "\n")
     kp3 = read_keypoints(p3)

@@ -220,5 +220,6 @@ def read_mediapipe_csv(path: Path, header: list[str], rows: np.ndarray, frame_id
     return Keypoints(data, path, "mediapipe-csv", layout="mediapipe33", frame_ids=frame_ids)
 
 
-__all__ = ["OPENPOSE_SUFFIX", "is_mediapipe_doc", "is_openpose_doc", "mediapipe_columns", "mediapipe_columns_named", "read_mediapipe_csv",
+__all__ = ["OPENPOSE_SUFFIX", "is_mediapipe_doc", "is_openpose_doc", "mediapipe_columns", "mediapipe_columns_named",
+           "read_mediapipe_csv",
            "read_mediapipe_json", "read_openpose"]

@@ -82,5 +82,6 @@ def choose_people(path: Path, frames: Sequence[Sequence[Candidate]], person: Per
         notes.append(f"{len(tracks)} tracked people: lifting track id {follow} ({how}), present in {present} of "
                      f"{len(frames)} frames; --person ID follows another, --person best the most confident per frame")
     elif several:
-        notes.append(f"{several} frames have several people: kept the highest-scoring (most confident) person of each frame")
+        notes.append(f"{several} frames have several people: kept the highest-scoring (most confident) person of "
+                     "each frame")
     return chosen, notes

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..data.user_files import decoding_error, open_text, parse_json, require_regular_file
 from .errors import KeypointError, PathLike, one_line
-from .detectors import is_mediapipe_doc, mediapipe_columns_named, is_openpose_doc, read_mediapipe_csv, read_mediapipe_json, read_openpose
+from .detectors import (is_mediapipe_doc, is_openpose_doc, mediapipe_columns_named, read_mediapipe_csv,
+                        read_mediapipe_json, read_openpose)
 from .layouts import COCO_WHOLEBODY_JOINTS, LAYOUT_JOINTS
 from .people import Candidate, Person, choose_people
 
@@ -83,7 +84,8 @@ def read_keypoints(path: PathLike, key: Optional[str] = None, person: Person = N
             kp = _read_csv(path)
         else:
             raise KeypointError(f"{path}: unknown input format {ext or '(no extension)'!r}; "
-                                "expected .json (COCO, OpenPose or MediaPipe keypoints), .npy, .npz, .csv or an OpenPose folder")
+                                "expected .json (COCO, OpenPose or MediaPipe keypoints), .npy, .npz, .csv or an "
+                                "OpenPose folder")
     except OSError as e:
         raise KeypointError(f"cannot read {path}: {e.strerror or e}") from None
     _check_shape(kp)
