@@ -30,7 +30,7 @@ import numpy as np
 from ..data.user_files import read_json_file
 from .errors import KeypointError
 from .layouts import BODY25_JOINTS, MEDIAPIPE33_JOINTS
-from .people import Candidate, Person, choose_people
+from .people import Candidate, Person, choose_people, track_id
 
 OPENPOSE_SUFFIX = "_keypoints.json"
 _FRAME_NUMBER = re.compile(r"(\d+)_keypoints\.json$", re.IGNORECASE)
@@ -81,9 +81,7 @@ def _openpose_people(path: Path, doc: Any) -> list[tuple[Candidate, Optional[np.
         score = pose[:, 2]
         conf = float(np.mean(score)) if np.isfinite(score).all() else 0.0
         tid = person.get("track_id", person.get("person_id"))
-        from .readers import _track_id
-
-        out.append((Candidate(k, conf, _track_id(path, k, tid)), pose))
+        out.append((Candidate(k, conf, track_id(path, k, tid)), pose))
     return out
 
 

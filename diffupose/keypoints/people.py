@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from .errors import KeypointError
 
@@ -32,6 +32,17 @@ class Candidate:
     index: int  # where it is in the frame's list of detections
     score: float
     track: Optional[Union[int, str]] = None
+
+
+def track_id(path: Path, i: int, tid: Any) -> Optional[Union[int, str]]:
+    """A detection's track id (None: untracked; OpenPose writes -1 or [-1] for that)."""
+    if isinstance(tid, list) and len(tid) == 1:
+        tid = tid[0]
+    if tid is None or tid == -1:
+        return None
+    if isinstance(tid, bool) or not isinstance(tid, (int, str)):
+        raise KeypointError(f"{path}: entry {i}: a track id must be an integer or a string, got {tid!r}")
+    return tid
 
 
 def parse_person(text: Union[str, int, None]) -> Person:

@@ -24,7 +24,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from .errors import KeypointError, PathLike, one_line
 from .detectors import (is_mediapipe_doc, is_openpose_doc, mediapipe_columns_named, read_mediapipe_csv,
                         read_mediapipe_json, read_openpose)
 from .layouts import COCO_WHOLEBODY_JOINTS, LAYOUT_JOINTS
-from .people import Candidate, Person, choose_people
+from .people import Candidate, Person, choose_people, track_id
 
 
 @dataclass
@@ -246,17 +246,6 @@ def _json_layout(joints: int) -> Optional[str]:
     return {17: "coco17", len(COCO_WHOLEBODY_JOINTS): "coco_wholebody"}.get(joints)
 
 
-def _track_id(path: Path, i: int, tid: Any) -> Optional[Union[int, str]]:
-    """A detection's track id (None: untracked; OpenPose writes -1 or [-1] for that)."""
-    if isinstance(tid, list) and len(tid) == 1:
-        tid = tid[0]
-    if tid is None or tid == -1:
-        return None
-    if isinstance(tid, bool) or not isinstance(tid, (int, str)):
-        raise KeypointError(f"{path}: entry {i}: a track id must be an integer or a string, got {tid!r}")
-    return tid
-
-
 def _json_pose(path: Path, i: int, kps: Any) -> Optional[np.ndarray]:
     """One person's keypoints: flat [x, y, s] * J or nested [[x, y(, s)], ...]; None if empty."""
     if kps is None or (isinstance(kps, list) and len(kps) == 0):
@@ -306,7 +295,7 @@ def _coco_results(path: Path, doc: list[dict], person: Person = None) -> Keypoin
             s = float(np.count_nonzero(pose[:, 2] > 0)) if pose is not None and pose.shape[1] == 3 else 0.0
         if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):
             raise KeypointError(f"{path}: entry {i}: score must be a finite number, got {s!r}")
-        by_image.setdefault(iid, []).append(Candidate(i, float(s), _track_id(path, i, obj.get("track_id"))))
+        by_image.setdefault(iid, []).append(Candidate(i, float(s), track_id(path, i, obj.get("track_id"))))
     ids = list(by_image)
     kinds = {type(i) for i in ids}
     if len(kinds) > 1:
