@@ -27,16 +27,16 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 PROG = "diffupose"
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "checkpoints" / "cmu_gcn"
-TRAIN_HINT = "python train/h36m.py --dataset cmu --out runs/cmu"  # writes runs/cmu/model.{safetensors,json}
 DEMO_CPU_FRAMES = 2000  # the demo's default subsample on a CPU: under a minute on 2 cores (N = 1 and N = 10, flip)
-DTYPES = ("fp32", "bf16", "fp16")
 IMAGE_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 CLIP_FORMATS = (".gif", ".mp4")
 
 
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
+from .api import DEFAULT_CHECKPOINT, DTYPES, TRAIN_HINT, LiftError  # noqa: E402,F401
+
+# A user-facing failure: printed as one line, exit status 1. The API's own (a device, a checkpoint,
+# a backend) are the same class, so its messages and the command's are reported alike.
+CliError = LiftError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,12 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "and the per-joint spread, in metres, root-relative (the pelvis at 0), in the camera frame "
                     "(x right, y down, z forward).\n\n"
                     "Inputs: COCO keypoint JSON (the COCO results format [{\"image_id\", "
-                    "\"keypoints\": [x, y, s] * 17, \"score\"}, ...]: the highest-scoring person per image, "
-                    "frames ordered by image_id; or a list of per-frame {\"keypoints\": ...}), .npy/.npz arrays "
+                    "\"keypoints\": [x, y, s] * 17, \"score\"}, ...]: frames ordered by image_id; or a list of "
+                    "per-frame {\"keypoints\": ...}; 133 keypoints: COCO-WholeBody), an OpenPose --write_json folder "
+                    "of per-frame *_keypoints.json (BODY_25), MediaPipe Pose landmarks (JSON, or CSV with "
+                    "nose_x, nose_y, ... columns; x, y fractions of the image), .npy/.npz arrays "
                     "[frames, joints, 2 or 3] (3rd: detector score; .npy is memory-mapped), or CSV (one row per "
-                    "frame, x,y[,score] per joint, optional "
-                    "header). COCO keypoints are mapped to the Human3.6M skeleton approximately: pelvis = "
-                    "mid-hips, thorax = mid-shoulders, spine = mid(pelvis, thorax), head = mid-eyes.\n\n"
+                    "frame, x,y[,score] per joint, optional header). Several people per frame: --person. "
+                    "Keypoints are mapped to the Human3.6M skeleton through COCO's 17 joints, approximately: "
+                    "pelvis = mid-hips, thorax = mid-shoulders, spine = mid(pelvis, thorax), head = mid-eyes "
+                    "(diffupose/keypoints/layouts.py).\n\n"
                     "Output (.npz or .json by extension): pose3d [F, J, 3], hypotheses [F, N, J, 3], spread [F, J] "
                     "(metres), weak [F, J] (detector score below --min-score; or undetected or more than one image "
                     "size off the image, and then lifted from a stand-in position, its nearest usable joints), "
@@ -195,16 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
                "      -o poses.npz\n"
                "  # already screen-normalised coordinates, frames without a person left out\n"
                "  diffupose lift kp.csv --layout coco17 --normalized --skip-empty -o poses.json")
-    lift.add_argument("input", metavar="KEYPOINTS", help="2D keypoints: .json (COCO style), .npy, .npz or .csv")
+    lift.add_argument("input", metavar="KEYPOINTS",
+                      help="2D keypoints: .json (COCO, COCO-WholeBody, OpenPose or MediaPipe), a folder of OpenPose "
+                           "*_keypoints.json, .npy, .npz or .csv (MediaPipe's named columns too)")
     lift.add_argument("-o", "--output", required=True, metavar="OUT",
                       help="where to write the result: .npz (compact, any length) or .json")
     g = lift.add_argument_group("input")
-    from .keypoints import LAYOUTS
+    from .keypoints import LAYOUTS, PERSON_HELP
 
     g.add_argument("--layout", choices=LAYOUTS, default=None,
                    help="joint order of the input: coco17 (COCO), h36m17 (Human3.6M/VideoPose3D), h36m16 "
-                        "(Human3.6M without the nose), humaneva15. Default: coco17 for COCO JSON; for 17-joint "
-                        "arrays the order the poses clearly show (else an error asks for it)")
+                        "(Human3.6M without the nose), humaneva15, body25 (OpenPose), mediapipe33 (MediaPipe Pose; "
+                        "x, y fractions of the image, turned into pixels with --image-size), coco_wholebody (133 "
+                        "points, the first 17 COCO's). Default: the file's (COCO JSON, OpenPose, MediaPipe), the "
+                        "only layout of that many joints, or for 17-joint arrays the order the poses clearly show "
+                        "(else an error asks for it)")
     g.add_argument("--no-layout-check", action="store_true",
                    help="do not refuse a stated 17-joint --layout that the poses contradict")
     g.add_argument("--image-size", nargs=2, type=_positive_float, metavar=("W", "H"), default=None,
@@ -218,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out empty frames (all zeros or NaN: no person detected) and frames with no usable "
                         "joint (every joint undetected or more than one image size off the image) instead of "
                         "stopping")
+    g.add_argument("--person", metavar="WHO", default="auto", help=PERSON_HELP)
     g.add_argument("--key", metavar="NAME", default=None,
                    help="the array to read from an .npz holding several (default: 'keypoints' or the only one)")
     _add_model_options(lift, "model checkpoint: <stem>.safetensors + <stem>.json, the stem, or a folder with "
@@ -394,252 +403,66 @@ class _Reporter:
 
 
 def _device(spec: str):
-    import torch
+    from .api import resolve_device
 
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, ValueError):
-        raise CliError(f"--device {spec!r} is not a torch device (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CliError(f"--device {spec}: no CUDA device is available here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CliError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise CliError(f"--device {spec}: only cpu and cuda are supported")
-    return dev
+    return resolve_device(spec)
 
 
 def _torch_dtype(name: str):
-    import torch
+    from .api import torch_dtype
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return torch_dtype(name)
 
 
 def load_model(checkpoint: Optional[str], device, allow_regressor: bool = False):
-    """(model, diffusion, config, the checkpoint's weights path); CliError for anything unusable.
-    allow_regressor: accept the deterministic regressor of the ablations (eval scores it; lifting
-    hypotheses needs a diffusion denoiser)."""
-    from .checkpoint import CheckpointError, checkpoint_paths, load_checkpoint
+    """(model, diffusion, config, the checkpoint's weights path) through api.load_model, the
+    shipped checkpoint being this module's DEFAULT_CHECKPOINT; CliError for anything unusable."""
+    from .api import load_model as _load
 
-    path = Path(checkpoint).expanduser() if checkpoint else DEFAULT_CHECKPOINT
-    wpath, cpath = checkpoint_paths(path)
-    if checkpoint is None and not (wpath.exists() or cpath.exists()):
-        raise CliError(f"the shipped checkpoint is missing: {wpath} (and {cpath.name}) not found, this install has "
-                       f"no trained model yet; train one with `{TRAIN_HINT}` (minutes on a CPU) and pass "
-                       "--checkpoint runs/cmu/model, or pass --checkpoint STEM of any <stem>.safetensors + "
-                       "<stem>.json pair written by diffupose training")
-    if checkpoint is not None and not (wpath.exists() or cpath.exists()):
-        raise CliError(f"checkpoint not found: {path} (expected {wpath.name} and {cpath.name} there)")
-    try:
-        model, diffusion, config = load_checkpoint(path, device)
-    except CheckpointError as e:
-        raise CliError(f"unusable checkpoint: {e}") from None
-    if model.cfg.arch == "regressor" and not allow_regressor:
-        raise CliError(f"{cpath} is a deterministic regressor (arch 'regressor'), not a diffusion denoiser; "
-                       "lifting needs a gcn, mlp or unet checkpoint")
-    return model, diffusion, config, wpath
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return _load(checkpoint, device, allow_regressor, shipped=DEFAULT_CHECKPOINT)
 
 
 def pick_backend(requested: str, model, diffusion, device, dtype, report: _Reporter) -> str:
-    """The backend to lift with. An explicit one must work; 'auto' tries the candidates for the
-    device in order with a one-frame lift and falls back past any that fails (a compiled op not
-    built for this device, say), naming the reason."""
-    import torch
+    """api.pick_backend, its fallbacks reported as notes."""
+    from .api import pick_backend as _pick
 
-    from .engine import Lifter
-    from .ops import backend as B
-
-    probe = torch.zeros(1, model.skeleton.num_joints, 2)
-
-    def runs(name: str) -> None:
-        Lifter(model, diffusion, n_hyp=1, steps=1, backend=name, dtype=dtype, cuda_graph=False, device=device)(probe)
-
-    if requested != "auto":
-        try:
-            B.resolve(requested, device)
-            runs(requested)
-        except (B.BackendUnavailable, ValueError) as e:
-            raise CliError(f"--backend {requested}: {e}") from None
-        except Exception as e:  # a compiled op that is not built for this device, say
-            raise CliError(f"--backend {requested} does not run here ({_first_line(e)}); "
-                           "use --backend auto or reference") from None
-        return requested
-    if device.type == "cuda":
-        candidates = [n for n, ok in (("cuda", B.has_cuda_kernels()), ("triton", B.has_triton())) if ok]
-    else:
-        candidates = ["cpu"] if B.has_extension() else []
-    for name in candidates:
-        try:
-            runs(name)
-            return name
-        except Exception as e:  # any failure of a compiled kernel: fall back rather than stop
-            report.note(f"backend {name!r} does not run here ({_first_line(e)}); trying the next")
-    return "reference"
-
-
-def _first_line(e: BaseException) -> str:
-    """The gist of an exception: its first sentence of its first line, bounded."""
-    lines = str(e).strip().splitlines()
-    text = lines[0].split(". ")[0] if lines else type(e).__name__
-    return text[:160]
+    return _pick(requested, model, diffusion, device, dtype, report.note)
 
 
 # ---------------------------------------------------------------------------------------------
 # lift
 # ---------------------------------------------------------------------------------------------
 def cmd_lift(args) -> int:
-    import numpy as np
-    import torch
-
-    from . import __version__
-    from .engine import Lifter
-    from .keypoints import (COCO_TO_H36M17, LiftWriter, check_conversion, check_keypoints, check_output_path,
-                            iter_chunks, prepare_chunk, read_keypoints, resolve_layout)
+    """`diffupose lift`: the API (diffupose.api) with messages: read and check the input, load the
+    lifter, lift into the output (PoseLifter.lift_to_file), say what happened."""
+    from .api import load_lifter, read_input, unreliable_text
+    from .keypoints import check_output_path
+    from .keypoints.writers import output_formats
 
     report = _Reporter("lift", args.quiet)
-    out = check_output_path(args.output, inputs=[args.input])
-    kp = read_keypoints(args.input, key=args.key)
-    for n in kp.notes:
+    out = check_output_path(args.output, inputs=[args.input], formats=output_formats())
+    inp = read_input(args.input, layout=args.layout, image_size=args.image_size, normalized=args.normalized,
+                     skip_empty=args.skip_empty, min_score=args.min_score, person=args.person, key=args.key,
+                     check_layout=not args.no_layout_check)
+    for n in inp.notes:
         report.note(n)
-    plan = check_keypoints(kp, image_size=tuple(args.image_size) if args.image_size else None,
-                           normalized=args.normalized, skip_empty=args.skip_empty)
-    layout, layout_note = resolve_layout(kp, args.layout, plan.frames, plan.pixel, check=not args.no_layout_check)
-    if layout_note:
-        report.note(layout_note)
-    for n in plan.notes:
-        report.note(n)
-    for w in plan.warnings:
+    for w in inp.warnings:
         report.warn(w)
-
-    device = _device(args.device)
-    dtype = _torch_dtype(args.dtype)
-    model, diffusion, config, wpath = load_model(args.checkpoint, device)
-    skel = model.skeleton
-    check_conversion(layout, skel.name)
-    if args.steps is not None and args.sampler == "ddpm":
-        report.note(f"--steps is ignored by --sampler ddpm (it takes all {diffusion.cfg.T} steps)")
-    steps = args.steps or 5
-    backend = pick_backend(args.backend, model, diffusion, device, dtype, report)
-    batch = args.batch_size or (1024 if device.type == "cuda" else 256)
-    lifter = Lifter(model, diffusion, n_hyp=args.hypotheses, steps=steps, sampler=args.sampler,
-                    flip=args.flip, aggregate=args.aggregate, batch_frames=batch, dtype=dtype, seed=args.seed,
-                    backend=backend, device=device)
-    root = skel.parents.index(-1)
-    F = len(plan.frames)
-    mapping = None
-    if layout != skel.name:
-        mapping = {name: list(COCO_TO_H36M17[name]) for name in skel.joints} if layout == "coco17" \
-            else f"{layout} -> {skel.name}: joints selected by name"
-    meta = {
-        "format": "diffupose-lift", "diffupose_version": __version__,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "units": "metres",
-        "frame": "camera frame of the training data (x right, y down, z forward); root-relative: each hypothesis "
-                 f"is translated so that its root joint ({skel.joints[root]}) is at 0",
-        "arrays": {
-            "pose3d": "[F, J, 3] the aggregate of the hypotheses",
-            "hypotheses": "[F, N, J, 3]",
-            "spread": "[F, J] RMS distance of the hypotheses from their mean, per joint",
-            "weak": f"[F, J] detector score below min_score ({args.min_score}), undetected (2D at pixel 0,0) or "
-                    "more than one image size off the image; lifted anyway, treat with care",
-            "unreliable": "[F] the frame had a joint undetected or off the image (lifted from a stand-in position: "
-                          "the nearest usable joint along the bones) or more than half of its joints weak: its 3D "
-                          "pose is a guess whatever its spread",
-            "pose2d": "[F, J, 2] the model's input: screen-normalised x / w * 2 - [1, h / w]",
-            "keypoints2d": "[F, J, 2] the input coordinates (pixels or normalised) in the model's joint order; an "
-                           "undetected or off-image joint holds the stand-in position the model was given",
-            "score": "[F, J] the detector's scores in the model's joint order (derived joints: min of sources)",
-            "frame_index": "[F] the input frame of each row",
-            "frame_id": "[F] the input's own frame ids (COCO image_id, a CSV frame column), where it had them",
-        },
-        "skeleton": skel.name, "joint_names": list(skel.joints), "parents": list(skel.parents),
-        "input": {
-            "path": str(Path(args.input).resolve()), "format": kp.kind, "layout": layout,
-            "layout_source": "stated" if args.layout else ("file" if kp.layout else "inferred from the poses"),
-            "frames": kp.num_frames, "frames_lifted": F, "frames_skipped_empty": int(len(plan.skipped)),
-            "coordinates": "pixels" if plan.pixel else "normalized",
-            "image_size": list(plan.image_size) if plan.image_size else None,
-            "has_scores": kp.has_scores, "min_score": args.min_score,
-            "undetected_joints": plan.missing_joints, "off_image_joints": plan.off_image_joints,
-            "mapping": mapping,
-            "mapping_note": ("approximate: COCO has no pelvis, spine, thorax or head top; pelvis = mid-hips, thorax = "
-                             "mid-shoulders, spine = mid(pelvis, thorax), head = mid-eyes; derived scores = min of "
-                             "the sources") if layout == "coco17" else None,
-        },
-        "settings": {
-            "hypotheses": args.hypotheses, "steps": steps if args.sampler == "ddim" else diffusion.cfg.T,
-            "sampler": args.sampler, "flip": args.flip, "aggregate": args.aggregate, "seed": args.seed,
-            "batch_size": batch, "device": str(device), "backend": backend, "backend_requested": args.backend,
-            "dtype": args.dtype, "cuda_graph": lifter.use_graph,
-        },
-        "checkpoint": {
-            "path": str(wpath.resolve()), "weights_sha256": _sha256(wpath),
-            **{k: config.get(k) for k in ("model", "diffusion", "skeleton", "dataset", "training", "metrics")},
-        },
-    }
-
-    writer = LiftWriter(out, frames=F, n_hyp=args.hypotheses, joint_names=skel.joints, meta=meta,
-                        has_scores=kp.has_scores, frame_ids=kp.frame_ids)
-    if writer.removed_stale:
-        report.note(f"removed {len(writer.removed_stale)} temporary folder(s) that killed earlier lifts to {out} "
+    lifter = load_lifter(args.checkpoint, device=args.device, hypotheses=args.hypotheses, steps=args.steps,
+                         sampler=args.sampler, flip=args.flip, aggregate=args.aggregate, seed=args.seed,
+                         batch_size=args.batch_size, backend=args.backend, dtype=args.dtype, on_note=report.note,
+                         _shipped=DEFAULT_CHECKPOINT)
+    lifter.check_input(inp)
+    sm = lifter.lift_to_file(inp, out, progress=not args.quiet)
+    if sm.removed_stale:
+        report.note(f"removed {len(sm.removed_stale)} temporary folder(s) that killed earlier lifts to {out} "
                     "left behind")
-    spread_sum, weak_count = 0.0, 0
-    unreliable_count, unreliable_first = 0, []  # the first few for the summary: memory stays bounded
-    t0 = time.perf_counter()
-    try:
-        chunks = list(iter_chunks(F, batch))
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=F, unit="frame", desc=f"lifting x{args.hypotheses}", leave=False,
-                   disable=True if args.quiet else None)
-        for s, e in chunks:
-            idx = plan.frames[s:e]
-            c = prepare_chunk(kp, idx, plan, layout, skel.name, args.min_score)
-            r = lifter(torch.from_numpy(c.pose2d))
-            hyp = r.hypotheses.float().cpu()
-            if not torch.isfinite(hyp).all():
-                raise CliError("the model produced NaN or infinite poses"
-                               + (f" in {args.dtype}; try --dtype fp32" if args.dtype != "fp32" else
-                                  "; the checkpoint may be broken"))
-            agg, spread = r.mean.float().cpu(), r.spread.float().cpu()  # root-relative, median if asked
-            writer.write(pose3d=agg.numpy(), hypotheses=hyp.numpy(), spread=spread.numpy(), weak=c.weak,
-                         unreliable=c.unreliable, pose2d=c.pose2d, keypoints2d=c.keypoints2d, frame_index=idx,
-                         score=c.score)
-            spread_sum += float(spread.sum())
-            weak_count += int(c.weak.sum())
-            unreliable_count += int(c.unreliable.sum())
-            unreliable_first += idx[c.unreliable][:8 - len(unreliable_first)].tolist()
-            bar.update(e - s)
-        bar.close()
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    dt = time.perf_counter() - t0
-    J = skel.num_joints
-    if unreliable_count:
-        from .keypoints import _frames_text
-
-        which = _frames_text(unreliable_first, kp.frame_ids, total=unreliable_count)
-        report.warn(f"{unreliable_count} of {F} frames are unreliable (a joint undetected or off the image, "
-                    f"or most joints weak): {which}; their poses are guesses, "
-                    "whatever their spread: see `unreliable` in the output")
-    print(f"lifted {F} frames x {args.hypotheses} hypotheses in {dt:.1f} s ({F / max(dt, 1e-9):.0f} frames/s, "
-          f"{backend} on {device}): mean per-joint spread {100 * spread_sum / (F * J):.1f} cm, "
-          f"{weak_count} weak joints, {unreliable_count} unreliable frames -> {out}")
+    if sm.unreliable_frames:
+        report.warn(unreliable_text(sm.unreliable_frames, sm.frames, sm.unreliable_first, inp.kp.frame_ids))
+    st, F, J = lifter.settings, sm.frames, lifter.skeleton.num_joints
+    print(f"lifted {F} frames x {st['hypotheses']} hypotheses in {sm.seconds:.1f} s ({F / max(sm.seconds, 1e-9):.0f} "
+          f"frames/s, {st['backend']} on {st['device']}): mean per-joint spread {100 * sm.spread_sum / (F * J):.1f} "
+          f"cm, {sm.weak_joints} weak joints, {sm.unreliable_frames} unreliable frames -> {out}")
     return 0
 
 
@@ -691,34 +514,6 @@ def _sampling(args, model, diffusion, device, report: _Reporter):
     return steps, dtype, pick_backend(args.backend, model, diffusion, device, dtype, report)
 
 
-def _load_sets(name: str, data_dir, keypoints: Optional[str], cameras, config: dict, model):
-    """(train, test, keypoints used, where that choice came from) of a dataset; CliError for files
-    that are missing or unreadable and for a skeleton the checkpoint does not have."""
-    from .data.dataset import load_dataset
-
-    recorded = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
-    if keypoints is not None:
-        source = "--keypoints"
-    elif recorded.get("name") == name and isinstance(recorded.get("keypoints"), str):
-        keypoints, source = recorded["keypoints"], "the checkpoint's training input"
-    else:
-        keypoints, source = "gt", "default"
-    where = f"--dataset {name}" + (f" --data-dir {data_dir}" if data_dir else "")
-    try:
-        train, test = load_dataset(name, Path(data_dir).expanduser() if data_dir else None, keypoints, cameras)
-    except OSError as e:
-        text = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
-        raise CliError(f"{where}: {text}") from None
-    except (ValueError, KeyError) as e:
-        raise CliError(f"{where}: {e}") from None
-    if len(test) == 0:
-        raise CliError(f"{where}: the test split has no frames")
-    if test.skeleton.name != model.cfg.skeleton:
-        raise CliError(f"the checkpoint's model is for the {model.cfg.skeleton} skeleton but {name} has "
-                       f"{test.skeleton.name} poses; evaluate it on a dataset of its skeleton")
-    return train, test, keypoints, source
-
-
 def _lift_and_score(model, diffusion, test, ns, args, steps, dtype, backend, device, *, oracle: bool,
                     keep: bool):
     from .evaluate import evaluate_model
@@ -747,40 +542,8 @@ def _subset_text(test, total: int) -> str:
     return f"{len(test):,} of {total:,} test frames (about 1 in {total / len(test):.0f}, spread evenly)"
 
 
-def _results_doc(kind: str, config: dict, wpath: Path, dataset: dict, settings: dict, evals,
-                 baselines=None) -> dict:
-    from . import __version__
-    from .evaluate import ORACLE_ROW, per_action, summary
-
-    doc = {
-        "format": f"diffupose-{kind}", "diffupose_version": __version__,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "units": "millimetres (MPJPE: protocol #1; P-MPJPE: protocol #2, after a similarity alignment); "
-                 "per action, then Avg = the mean over actions",
-        "summary": summary(evals),
-        "per_action": per_action(evals, baselines),
-        "frames_per_action": next(iter(evals.values())).frames,
-        "dataset": dataset, "settings": settings,
-        "checkpoint": {"path": str(wpath.resolve()), "weights_sha256": _sha256(wpath),
-                       **{k: config.get(k) for k in ("model", "diffusion", "dataset", "metrics")}},
-    }
-    if any(ev.oracle_mpjpe is not None for ev in evals.values()):
-        doc["oracle_note"] = (f"rows named {ORACLE_ROW.format(n='N')!r} and summary keys oracle_*: the hypothesis "
-                              "nearest the ground truth per frame; they use the ground truth, so they are a bound, "
-                              "not a prediction")
-    return doc
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    import json
-
-    from .checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
-
-
 def cmd_eval(args) -> int:
-    from .evaluate import ORACLE_ROW, subsample, tables
+    from .evaluate import ORACLE_ROW, load_test_sets, results_doc, subsample, tables, write_results_json
     from .keypoints import check_output_path
 
     report = _Reporter("eval", args.quiet)
@@ -790,7 +553,8 @@ def cmd_eval(args) -> int:
                        "(VideoPose3D layout; the data are not shipped)")
     device = _device(args.device)
     model, diffusion, config, wpath = load_model(args.checkpoint, device, allow_regressor=True)
-    _, test_all, keypoints, kp_source = _load_sets(args.dataset, args.data_dir, args.keypoints, args.cameras, config,
+    _, test_all, keypoints, kp_source = load_test_sets(args.dataset, args.data_dir, args.keypoints, args.cameras,
+                                                       config,
                                                    model)
     steps, dtype, backend = _sampling(args, model, diffusion, device, report)
     test, _ = subsample(test_all, args.max_frames)
@@ -816,16 +580,14 @@ def cmd_eval(args) -> int:
                     "oracle": args.oracle}
         dataset = {"name": args.dataset, "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
                    "keypoints": keypoints, "split": "test", "frames": len(test), "frames_in_split": len(test_all)}
-        _write_json(json_out, _results_doc("eval", config, wpath, dataset, settings, evals))
+        write_results_json(json_out, results_doc("eval", config, wpath, dataset, settings, evals))
         print(f"results -> {json_out}")
     return 0
 
 
 def cmd_demo(args) -> int:
-    import numpy as np
-
     from . import demo as demo_fig
-    from .evaluate import evaluate_mean_pose, subsample, tables
+    from .evaluate import evaluate_mean_pose, load_test_sets, results_doc, subsample, tables, write_results_json
     from .keypoints import check_output_path
     from .metrics import mpjpe_per_frame
 
@@ -835,7 +597,7 @@ def cmd_demo(args) -> int:
     json_out = check_output_path(args.json, formats=(".json",)) if args.json else None
     device = _device(args.device)
     model, diffusion, config, wpath = load_model(args.checkpoint, device)
-    train, test_all, keypoints, kp_source = _load_sets("cmu", None, args.keypoints, None, config, model)
+    train, test_all, keypoints, kp_source = load_test_sets("cmu", None, args.keypoints, None, config, model)
     steps, dtype, backend = _sampling(args, model, diffusion, device, report)
     max_frames = args.max_frames if args.max_frames is not None else (0 if device.type == "cuda" else DEMO_CPU_FRAMES)
     test, _ = subsample(test_all, max_frames)
@@ -892,9 +654,9 @@ def cmd_demo(args) -> int:
                     "batch_size": args.batch_size, "device": str(device), "backend": backend, "dtype": args.dtype}
         dataset = {"name": "cmu", "data_dir": None, "keypoints": keypoints, "split": "test", "frames": len(test),
                    "frames_in_split": len(test_all)}
-        doc = _results_doc("demo", config, wpath, dataset, settings, evals, baselines={base_name: base})
+        doc = results_doc("demo", config, wpath, dataset, settings, evals, baselines={base_name: base})
         doc["figure"] = str(out.resolve())
-        _write_json(json_out, doc)
+        write_results_json(json_out, doc)
     wall = time.perf_counter() - t_start
     lifted = len(test) * len(evals)
     lift_s = sum(ev.extra["seconds"] for ev in evals.values())

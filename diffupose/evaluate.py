@@ -203,6 +203,73 @@ def per_action(evals: Mapping[int, Evaluation], baselines: Optional[Mapping[str,
     return out
 
 
+# the results of `diffupose eval` and `diffupose demo` (the command prints them; these build them)
+def load_test_sets(name: str, data_dir, keypoints: Optional[str], cameras, config: dict, model):
+    """(train, test, keypoints used, where that choice came from) of a dataset; LiftError for files
+    that are missing or unreadable and for a skeleton the checkpoint does not have."""
+    from pathlib import Path
+
+    from .api import LiftError
+    from .data.dataset import load_dataset
+
+    recorded = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    if keypoints is not None:
+        source = "--keypoints"
+    elif recorded.get("name") == name and isinstance(recorded.get("keypoints"), str):
+        keypoints, source = recorded["keypoints"], "the checkpoint's training input"
+    else:
+        keypoints, source = "gt", "default"
+    where = f"--dataset {name}" + (f" --data-dir {data_dir}" if data_dir else "")
+    try:
+        train, test = load_dataset(name, Path(data_dir).expanduser() if data_dir else None, keypoints, cameras)
+    except OSError as e:
+        text = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+        raise LiftError(f"{where}: {text}") from None
+    except (ValueError, KeyError) as e:
+        raise LiftError(f"{where}: {e}") from None
+    if len(test) == 0:
+        raise LiftError(f"{where}: the test split has no frames")
+    if test.skeleton.name != model.cfg.skeleton:
+        raise LiftError(f"the checkpoint's model is for the {model.cfg.skeleton} skeleton but {name} has "
+                       f"{test.skeleton.name} poses; evaluate it on a dataset of its skeleton")
+    return train, test, keypoints, source
+
+
+def results_doc(kind: str, config: dict, wpath, dataset: dict, settings: dict, evals,
+                 baselines=None) -> dict:
+    """The JSON document of `diffupose eval --json` / `diffupose demo --json`: every number with the
+    dataset, the settings and the checkpoint (its weights' hash)."""
+    from . import __version__
+    from .api import sha256_of
+
+    doc = {
+        "format": f"diffupose-{kind}", "diffupose_version": __version__,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "units": "millimetres (MPJPE: protocol #1; P-MPJPE: protocol #2, after a similarity alignment); "
+                 "per action, then Avg = the mean over actions",
+        "summary": summary(evals),
+        "per_action": per_action(evals, baselines),
+        "frames_per_action": next(iter(evals.values())).frames,
+        "dataset": dataset, "settings": settings,
+        "checkpoint": {"path": str(wpath.resolve()), "weights_sha256": sha256_of(wpath),
+                       **{k: config.get(k) for k in ("model", "diffusion", "dataset", "metrics")}},
+    }
+    if any(ev.oracle_mpjpe is not None for ev in evals.values()):
+        doc["oracle_note"] = (f"rows named {ORACLE_ROW.format(n='N')!r} and summary keys oracle_*: the hypothesis "
+                              "nearest the ground truth per frame; they use the ground truth, so they are a bound, "
+                              "not a prediction")
+    return doc
+
+
+def write_results_json(path, doc: dict) -> None:
+    """Write a results document atomically (complete or not at all)."""
+    import json
+
+    from .checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
+
+
 DEFAULT_CHECKPOINT = __import__("pathlib").Path(__file__).resolve().parent / "assets" / "checkpoints" / "cmu_gcn"
 
 
