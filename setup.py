@@ -144,7 +144,7 @@ setup(
     description="Multi-hypothesis 3D human pose lifting with diffusion models, on fused kernels",
     python_requires=">=3.10",
     # kernels/ (Triton) is the subpackage diffupose.kernels through the link diffupose/kernels.
-    packages=["diffupose", "diffupose.ops", "diffupose.data", "diffupose.kernels"],
+    packages=["diffupose", "diffupose.ops", "diffupose.data", "diffupose.keypoints", "diffupose.kernels"],
     package_data={"diffupose": ["assets/*", "assets/**/*"]},
     install_requires=[
         "torch>=2.4,<2.15",
