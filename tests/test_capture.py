@@ -317,9 +317,10 @@ def _ops_of_run(lift, y, steps):
     return c.ops
 
 
-def _step_ops(backend, dtype, flip, n_blocks=2):
+def _step_ops(backend, dtype, flip, n_blocks=2, fused_sampler=False):
+    # the per-layer path by default (on the CPU the Lifter's default is the whole-sampler op)
     lift = Lifter(_model(n_blocks=n_blocks), Diffusion(DiffusionConfig(T=8)), backend=backend, cuda_graph=False,
-                  n_hyp=2, dtype=dtype, flip=flip)
+                  n_hyp=2, dtype=dtype, flip=flip, fused_sampler=fused_sampler)
     y = torch.randn(3, 17, 2)
     ops2, ops3 = _ops_of_run(lift, y, 2), _ops_of_run(lift, y, 3)
     return ops2, ops3
@@ -341,6 +342,19 @@ def test_step_op_budget_cpu(dtype, flip):
     budget = 1 + layers + 1 + (dtype != torch.float32) + (7 if flip else 0)
     assert ops3.count("diffupose::mgcn_fwd") - ops2.count("diffupose::mgcn_fwd") == layers  # the flip shares them
     assert step <= budget, f"one step dispatches {step} ops > budget {budget}: {ops3}"
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_fused_sampler_is_one_op_whatever_the_steps(flip):
+    """The whole-sampler op (diffupose::sample): one op per call, however many steps, and the
+    few ops around it (output scaling) do not grow with the steps."""
+    from tests.helpers import skip_unless_backend
+
+    skip_unless_backend("cpu")
+    ops2, ops3 = _step_ops("cpu", torch.float32, flip, fused_sampler=True)
+    assert ops2.count("diffupose::sample") == ops3.count("diffupose::sample") == 1
+    assert len(ops3) == len(ops2), f"a step more added ops around the fused sampler: {ops2} -> {ops3}"
+    assert "diffupose::mgcn_fwd" not in ops3 and "diffupose::sampler_step" not in ops3
 
 
 def test_step_launch_budget_triton(monkeypatch):
