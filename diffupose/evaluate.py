@@ -1,7 +1,8 @@
 """Evaluation: lift a test PoseSet with a model and report the paper's tables.
 
 Predictions never see the ground truth: `predict` reads only the 2D poses (of an array or of a
-PoseSet), and the N hypotheses are aggregated by their mean (or per-joint median). The ground
+PoseSet), and the N hypotheses are aggregated by their mean, per-joint median, or the
+reprojection-consistent aggregate (diffupose.aggregate: weights from the 2D input alone). The ground
 truth is read afterwards, by diffupose.metrics, to score them. The best-of-N oracle needs the
 ground truth to choose a hypothesis, so it is a bound, not a prediction: it is computed only on
 request and reported only under the name ORACLE_ROW ("oracle best-of-N (uses ground truth; not a
@@ -17,9 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .aggregate import aggregate as combine
 from .diffusion import Diffusion
 from .engine import Lifter
 from .metrics import Evaluation, evaluate_poseset, format_table
+from .model import is_regressor
 
 ORACLE_ROW = "oracle best-of-{n} (uses ground truth; not a prediction)"
 
@@ -46,7 +49,8 @@ def predict(model: nn.Module, diffusion: Diffusion, inputs, *, n_hyp: int = 1, s
             device=None, backend: Optional[str] = None, seed: int = 0, dtype=torch.float32,
             progress: bool = False, keep_hypotheses: bool = True, desc: Optional[str] = None) -> Prediction:
     """Lift screen-normalised 2D poses: an array [F, J, 2], or a PoseSet, of which only `pose2d`
-    is read (its 3D ground truth is never touched here). A progress bar in frames if `progress`."""
+    is read (its 3D ground truth is never touched here). aggregate: mean, median, or reproj (the
+    reprojection-consistent aggregate of diffupose.aggregate, from the hypotheses and this 2D). A progress bar in frames if `progress`."""
     from tqdm.auto import tqdm
 
     pose2d = getattr(inputs, "pose2d", inputs)  # a PoseSet: its 2D only
@@ -56,10 +60,12 @@ def predict(model: nn.Module, diffusion: Diffusion, inputs, *, n_hyp: int = 1, s
         raise ValueError(f"predict: expected 2D poses [F, J, 2], got shape {tuple(y.shape)}")
     F = y.shape[0]
     batch = batch_frames or default_batch_frames(device, n_hyp)
-    regressor = model.cfg.arch == "regressor"
+    regressor = is_regressor(model)
     scale = diffusion.cfg.pose_scale
     if regressor:
         from .skeleton import flip_pose
+
+        model.eval()  # batch norm on its running statistics, no dropout (the Lifter does the same)
 
         def lift(yc):
             out = model(yc, backend=backend)
@@ -67,11 +73,17 @@ def predict(model: nn.Module, diffusion: Diffusion, inputs, *, n_hyp: int = 1, s
                 out = 0.5 * (out + flip_pose(model(flip_pose(yc, model.skeleton), backend=backend), model.skeleton))
             return out * scale, None
     else:
-        lifter = Lifter(model, diffusion, n_hyp=n_hyp, steps=steps, sampler=sampler, flip=flip, aggregate=aggregate,
-                        batch_frames=batch, device=device, backend=backend, seed=seed, dtype=dtype)
+        # the Lifter aggregates by mean or median; the reprojection-consistent aggregate reads the
+        # hypotheses and the 2D input afterwards (diffupose.aggregate)
+        reproj = aggregate == "reproj"
+        lifter = Lifter(model, diffusion, n_hyp=n_hyp, steps=steps, sampler=sampler, flip=flip,
+                        aggregate="mean" if reproj else aggregate, batch_frames=batch, device=device,
+                        backend=backend, seed=seed, dtype=dtype)
 
         def lift(yc):
             r = lifter(yc)
+            if reproj:
+                return combine(r.hypotheses, yc, "reproj").to(r.mean.dtype), r.hypotheses
             return r.mean, r.hypotheses
 
     means, hyps = [], []
@@ -108,7 +120,7 @@ def evaluate_model(model: nn.Module, diffusion: Diffusion, test, *, hypotheses: 
     ev.extra holds "seconds" and "fps" (test frames / lifting wall time) and, with
     keep_predictions, the Prediction itself."""
     out = {}
-    ns = (1,) if model.cfg.arch == "regressor" else tuple(dict.fromkeys(hypotheses))
+    ns = (1,) if is_regressor(model) else tuple(dict.fromkeys(hypotheses))
     for n in ns:
         want_hyp = keep_predictions or (oracle and n > 1)
         pred = predict(model, diffusion, test, n_hyp=n, steps=steps, sampler=sampler, flip=flip,
