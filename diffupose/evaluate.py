@@ -262,3 +262,58 @@ def table6(args, device) -> list[dict]:
             print(f"| {steps} | {sampler} | {n} | {row['fps']:,.0f} | {row['mpjpe']:.1f} | {row['p_mpjpe']:.1f} |",
                   flush=True)
     return rows
+
+
+def aggregate_report(model: nn.Module, diffusion: Diffusion, val, test, *, n_max: int = 20, ns: Sequence[int] = (10, 20),
+                     temperatures: Sequence[float] = (0.0, 0.5, 1.0, 2.0), steps: int = 5, flip: bool = True,
+                     seed: int = 0, target: float = 0.9, backend=None) -> dict:
+    """The aggregates of diffupose.aggregate side by side, and the spread before and after calibration.
+
+    One lift of n_max hypotheses per frame of `val` (held-out training frames) and of `test`; the
+    first n of them stand for N = n. On val: the reproj temperature with the lowest MPJPE and the
+    spread's scale k (per joint, and one global) that puts `target` of the joint errors within
+    2 k spread (the root, 0 in every hypothesis, left out). On test: MPJPE (Avg over actions, as `diffupose eval`, and over all frames) of
+    mean, median and reproj at each N; coverage within 2x spread and Spearman(spread, error) of
+    the mean's joint errors, raw and calibrated. The ground truth of val is used to fit, that of
+    test only to score."""
+    from . import aggregate as agg
+
+    def lift(ps):
+        p = predict(model, diffusion, ps, n_hyp=n_max, steps=steps, flip=flip, seed=seed, backend=backend)
+        return torch.as_tensor(p.hypotheses, dtype=torch.float64), torch.as_tensor(ps.pose2d, dtype=torch.float64)
+
+    def joint_errors(pred, ps):
+        return (torch.as_tensor(pred) - torch.as_tensor(ps.pose3d, dtype=torch.float64)).norm(dim=-1).numpy()
+
+    # the root is 0 in every hypothesis and in the truth (error 0, spread 0): left out of the spread's numbers
+    keep = [j for j, parent in enumerate(model.skeleton.parents) if parent != -1]
+
+    out: dict = {"n_max": n_max, "val_frames": len(val), "test_frames": len(test), "rows": []}
+    hv, yv = lift(val)
+    ht, yt = lift(test)
+    for n in ns:
+        # the temperature chosen on val, per N
+        val_err = {tau: float(joint_errors(agg.aggregate(hv[:, :n], yv, "reproj", tau), val).mean() * 1000)
+                   for tau in temperatures}
+        best = min(val_err, key=val_err.get)
+        out[f"val_reproj_mm_n{n}"] = val_err
+        for name, how, tau in (("mean", "mean", None), ("median", "median", None),
+                               (f"reproj (select, t=0)", "reproj", 0.0), (f"reproj (t={best:g}, from val)", "reproj", best)):
+            pred = agg.aggregate(ht[:, :n], yt, how, tau if tau is not None else agg.DEFAULT_TEMPERATURE)
+            ev = evaluate_poseset(pred.numpy(), test)
+            out["rows"].append({"N": n, "aggregate": name, "mpjpe_avg": ev.mpjpe["Avg"],
+                                "mpjpe_frames": float(joint_errors(pred, test).mean() * 1000),
+                                "p_mpjpe_avg": ev.p_mpjpe["Avg"]})
+        # the spread, as the Lifter reports it (about the mean), against the mean's joint errors
+        s_val, e_val = agg.spread(hv[:, :n]).numpy()[:, keep], joint_errors(hv[:, :n].mean(1), val)[:, keep]
+        s_test, e_test = agg.spread(ht[:, :n]).numpy()[:, keep], joint_errors(ht[:, :n].mean(1), test)[:, keep]
+        k_joint = agg.calibrate_spread(e_val, s_val, target)
+        k_global = agg.calibrate_spread(e_val, s_val, target, per_joint=False)
+        out[f"spread_n{n}"] = {
+            "k_global": float(k_global[0]), "k_per_joint": [round(float(k), 3) for k in k_joint],
+            "coverage_raw": agg.coverage(e_test, s_test), "spearman_raw": agg.spearman(s_test, e_test),
+            "coverage_global": agg.coverage(e_test, s_test * k_global),
+            "spearman_global": agg.spearman(s_test * k_global, e_test),
+            "coverage_per_joint": agg.coverage(e_test, s_test * k_joint),
+            "spearman_per_joint": agg.spearman(s_test * k_joint, e_test)}
+    return out
