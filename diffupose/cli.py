@@ -423,6 +423,7 @@ def load_model(checkpoint: Optional[str], device, allow_regressor: bool = False)
     allow_regressor: accept the deterministic regressor of the ablations (eval scores it; lifting
     hypotheses needs a diffusion denoiser)."""
     from .checkpoint import CheckpointError, checkpoint_paths, load_checkpoint
+    from .model import is_regressor
 
     path = Path(checkpoint).expanduser() if checkpoint else DEFAULT_CHECKPOINT
     wpath, cpath = checkpoint_paths(path)
@@ -437,8 +438,8 @@ def load_model(checkpoint: Optional[str], device, allow_regressor: bool = False)
         model, diffusion, config = load_checkpoint(path, device)
     except CheckpointError as e:
         raise CliError(f"unusable checkpoint: {e}") from None
-    if model.cfg.arch == "regressor" and not allow_regressor:
-        raise CliError(f"{cpath} is a deterministic regressor (arch 'regressor'), not a diffusion denoiser; "
+    if is_regressor(model) and not allow_regressor:
+        raise CliError(f"{cpath} is a deterministic regressor (arch {model.cfg.arch!r}), not a diffusion denoiser; "
                        "lifting needs a gcn, mlp or unet checkpoint")
     return model, diffusion, config, wpath
 
@@ -682,11 +683,13 @@ def cmd_viz(args) -> int:
 # ---------------------------------------------------------------------------------------------
 def _sampling(args, model, diffusion, device, report: _Reporter):
     """(steps, dtype, backend) for eval and demo."""
+    from .model import is_regressor
+
     dtype = _torch_dtype(args.dtype)
     if args.steps is not None and args.sampler == "ddpm":
         report.note(f"--steps is ignored by --sampler ddpm (it takes all {diffusion.cfg.T} steps)")
     steps = args.steps or 5
-    if model.cfg.arch == "regressor":  # one forward pass, no sampler: nothing to probe
+    if is_regressor(model):  # one forward pass, no sampler: nothing to probe
         return steps, dtype, (None if args.backend == "auto" else args.backend)
     return steps, dtype, pick_backend(args.backend, model, diffusion, device, dtype, report)
 
@@ -734,7 +737,9 @@ def _lift_and_score(model, diffusion, test, ns, args, steps, dtype, backend, dev
 
 
 def _settings_text(args, model, steps, backend, device) -> str:
-    if model.cfg.arch == "regressor":
+    from .model import is_regressor
+
+    if is_regressor(model):
         how = "deterministic regressor"
     else:
         how = (f"{steps} DDIM steps" if args.sampler == "ddim" else "DDPM (all steps)") + f", {args.aggregate} of N"
@@ -782,6 +787,7 @@ def _write_json(path: Path, doc: dict) -> None:
 def cmd_eval(args) -> int:
     from .evaluate import ORACLE_ROW, subsample, tables
     from .keypoints import check_output_path
+    from .model import is_regressor
 
     report = _Reporter("eval", args.quiet)
     json_out = check_output_path(args.json, formats=(".json",)) if args.json else None
@@ -794,8 +800,8 @@ def cmd_eval(args) -> int:
                                                    model)
     steps, dtype, backend = _sampling(args, model, diffusion, device, report)
     test, _ = subsample(test_all, args.max_frames)
-    ns = (1,) if model.cfg.arch == "regressor" else tuple(dict.fromkeys(args.hypotheses))
-    if model.cfg.arch == "regressor" and tuple(args.hypotheses) != (1,):
+    ns = (1,) if is_regressor(model) else tuple(dict.fromkeys(args.hypotheses))
+    if is_regressor(model) and tuple(args.hypotheses) != (1,):
         report.note("the checkpoint is a deterministic regressor: one prediction per frame (N = 1)")
     print(f"evaluating {wpath.with_suffix('')} ({model.cfg.arch}) on {args.dataset}: "
           f"{_subset_text(test, len(test_all))}, "

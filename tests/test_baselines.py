@@ -75,3 +75,21 @@ def test_train_baselines_command(tmp_path, capsys):
     cfg = json.loads((out / "model.json").read_text())
     assert cfg["model"]["arch"] == "mlp_regressor" and cfg["model"]["n_blocks"] == 2
     assert cfg["training"]["lr"] == pytest.approx(1e-3)
+
+
+def test_diffupose_eval_scores_it_and_lift_refuses_it(tmp_path, capsys):
+    """`diffupose eval` takes it as a regressor (one prediction per frame); `lift` says in one line
+    that it needs a diffusion denoiser."""
+    from diffupose.cli import main as cli
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(arch="mlp_regressor", d_model=32, n_blocks=1))
+    save_checkpoint(tmp_path / "mlp", m, DiffusionConfig(pose_scale=0.3))
+    assert cli(["eval", "--checkpoint", str(tmp_path / "mlp"), "--max-frames", "50", "-q"]) == 0
+    assert "mlp_regressor N=1" in capsys.readouterr().out
+    kp = tmp_path / "kp.npy"
+    np.save(kp, np.random.default_rng(0).uniform(0, 500, (3, 17, 2)))
+    assert cli(["lift", str(kp), "-o", str(tmp_path / "o.npz"), "--checkpoint", str(tmp_path / "mlp"),
+                "--image-size", "1000", "1000", "--layout", "h36m17"]) != 0
+    err = capsys.readouterr().err
+    assert "deterministic regressor (arch 'mlp_regressor')" in err and "Traceback" not in err
