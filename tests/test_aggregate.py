@@ -115,3 +115,23 @@ def test_predict_with_reproj_aggregates_its_own_hypotheses():
     assert np.allclose(p.hypotheses, m.hypotheses)  # same draws, only the aggregate differs
     assert np.allclose(p.mean, aggregate(torch.as_tensor(p.hypotheses), y, "reproj").numpy(), atol=1e-5)
     assert not np.allclose(p.mean, m.mean, atol=1e-4)
+
+
+def test_aggregate_report_rows_and_spread_numbers():
+    from diffupose.data.dataset import load_dataset
+    from diffupose.diffusion import Diffusion, DiffusionConfig
+    from diffupose.evaluate import aggregate_report, subsample
+    from diffupose.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(d_model=16, n_blocks=1, d_time=8))
+    train, test = load_dataset("cmu", None, "det")
+    r = aggregate_report(model, Diffusion(DiffusionConfig(T=20, pose_scale=0.3)), subsample(train, 12)[0],
+                         subsample(test, 10)[0], n_max=4, ns=(2, 4), steps=2, backend="reference")
+    assert [(row["N"], row["aggregate"].split()[0]) for row in r["rows"]] == [
+        (n, a) for n in (2, 4) for a in ("mean", "median", "reproj", "reproj")]
+    for n in (2, 4):
+        sp = r[f"spread_n{n}"]
+        assert len(sp["k_per_joint"]) == 16  # the root left out
+        assert all(0 <= sp[k] <= 1 for k in ("coverage_raw", "coverage_global", "coverage_per_joint"))
+        assert sp["spearman_global"] == pytest.approx(sp["spearman_raw"])
