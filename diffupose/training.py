@@ -181,10 +181,10 @@ class Trainer:
 
     def load_state_dict(self, st: dict) -> None:
         # through from_dict: a state saved before a config field existed reads with that field's old meaning
-        if (ModelConfig.from_dict(st["model_cfg"]) != self.mcfg
-                or st["diffusion_cfg"] != self.dcfg.to_dict()):
+        saved = ModelConfig.from_dict(st["model_cfg"])
+        if saved != self.mcfg or st["diffusion_cfg"] != self.dcfg.to_dict():
             raise ValueError("resume: the checkpoint was trained with another model or diffusion config "
-                             f"({st['model_cfg']}, {st['diffusion_cfg']})")
+                             f"({saved.to_dict()}, {st['diffusion_cfg']})")
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.opt.load_state_dict(st["opt"])

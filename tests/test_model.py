@@ -12,9 +12,11 @@ def gcn_count(J, d, L, dt):
     return conv(5, d) + 2 * L * conv(d, d) + conv(d, 5) + temb + film
 
 
+@pytest.mark.parametrize("norm", ["none", "batch"])
 @pytest.mark.parametrize("d,L", [(256, 4), (384, 4), (64, 2)])
-def test_gcn_parameter_count(d, L):
-    assert count_parameters(GCNDenoiser(ModelConfig(d_model=d, n_blocks=L))) == gcn_count(17, d, L, 128)
+def test_gcn_parameter_count(d, L, norm):
+    bn = (1 + 2 * L) * 2 * d if norm == "batch" else 0  # gamma and beta after every conv but the output one
+    assert count_parameters(GCNDenoiser(ModelConfig(d_model=d, n_blocks=L, norm=norm))) == gcn_count(17, d, L, 128) + bn
 
 
 @pytest.mark.parametrize("arch", ARCHS)
