@@ -160,7 +160,7 @@ def test_batch_norm_folded_matches_unfolded_in_eval(backend):
 
 
 def test_inference_layers_of_a_model_without_norm_are_its_weights():
-    model = GCNDenoiser(ModelConfig(d_model=16, n_blocks=1, d_time=8))
+    model = GCNDenoiser(ModelConfig(d_model=16, n_blocks=1, d_time=8, norm="none"))
     for c, d in zip(model.net.layers(), model.net.inference_layers()):
         assert torch.equal(d["W"], c.W.detach()) and torch.equal(d["bias"], c.bias.detach())
         assert torch.equal(d["a"], c.affinity().detach())
