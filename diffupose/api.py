@@ -268,6 +268,7 @@ def load_model(checkpoint: Optional[Union[str, Path]], device, allow_regressor: 
     checkpoint None: the shipped one (`shipped`). allow_regressor: accept the deterministic
     regressor of the ablations (eval scores it; lifting hypotheses needs a diffusion denoiser)."""
     from .checkpoint import CheckpointError, checkpoint_paths, load_checkpoint
+    from .model import is_regressor
 
     path = Path(checkpoint).expanduser() if checkpoint else Path(shipped)
     wpath, cpath = checkpoint_paths(path)
@@ -282,8 +283,8 @@ def load_model(checkpoint: Optional[Union[str, Path]], device, allow_regressor: 
         model, diffusion, config = load_checkpoint(path, device)
     except CheckpointError as e:
         raise LiftError(f"unusable checkpoint: {e}") from None
-    if model.cfg.arch == "regressor" and not allow_regressor:
-        raise LiftError(f"{cpath} is a deterministic regressor (arch 'regressor'), not a diffusion denoiser; "
+    if is_regressor(model) and not allow_regressor:
+        raise LiftError(f"{cpath} is a deterministic regressor (arch {model.cfg.arch!r}), not a diffusion denoiser; "
                         "lifting needs a gcn, mlp or unet checkpoint")
     return model, diffusion, config, wpath
 

@@ -86,16 +86,11 @@ def _plain_eps(layers: tuple, acts: tuple[str, ...], scale_shifts: Tensor, x: Te
     return mgcn_ref(h, *layers[-1], act=acts[-1])[..., :3]
 
 
-def _convs_in_order(model: GCNDenoiser) -> list:
-    """The graph convolutions in the order GCNDenoiser.forward runs them."""
-    net = model.net
-    return [net.inp, *(c for pair in zip(net.convs1, net.convs2) for c in pair), net.out]
-
-
 class CompiledDDIM:
     """The k-step DDIM loop of a GCNDenoiser through torch.compile(fullgraph=True), on plain tensors.
 
-    At construction the model's weights, affinities (`ModulatedGraphConv.affinity()`) and the
+    At construction the model's inference layers (`GCNBackbone.inference_layers()`: weights with a
+    batch norm folded, affinities) and the
     scale-shifts of the k timesteps are copied out (a snapshot: later weight changes are not
     seen). Shapes are static (dynamic=False): one compile per (frames, n_hyp), on the first call.
     Every instance's loop shares one code object, hence dynamo's cache entries: call
@@ -111,13 +106,14 @@ class CompiledDDIM:
         if not isinstance(model, GCNDenoiser):
             raise TypeError(f"CompiledDDIM needs a GCNDenoiser, got {type(model).__name__}")
         ts, coefs = _ddim_plan(diffusion, steps)
-        convs = _convs_in_order(model)
+        # what the fused op computes at inference (a batch norm folded into W and bias)
+        layers = model.net.inference_layers()
         with torch.no_grad():
-            device = convs[0].W.device
-            self.layers = tuple((c.W.detach(), c.M.detach(), c.affinity().detach(), c.bias.detach()) for c in convs)
+            device = layers[0]["W"].device
+            self.layers = tuple((L["W"], L["M"], L["a"], L["bias"]) for L in layers)
             # [k, n_blocks, 1, 2, d]: indexed by the unrolled loop's Python int, so no guard on t
             self.scale_shifts = torch.stack([torch.stack(model.time_conditioning(t, 1, device)) for t in ts])
-        self.acts = acts = tuple(c.act for c in convs)
+        self.acts = acts = tuple(L["act"] for L in layers)
         self.n_hyp = n_hyp
         scale = diffusion.cfg.pose_scale
 
@@ -158,4 +154,4 @@ def denoiser_flops(model: GCNDenoiser) -> int:
     and the J x J aggregation of the neighbour half (2 J J C_out); elementwise work (bias,
     modulation, epilogue) is left out, it is not matmul work. ~37 MFLOP at d_m 256, 4 blocks."""
     J = model.net.inp.adj.shape[0]
-    return sum(2 * J * c.c_in * 2 * c.c_out + 2 * J * J * c.c_out for c in _convs_in_order(model))
+    return sum(2 * J * c.c_in * 2 * c.c_out + 2 * J * J * c.c_out for c in model.net.layers())

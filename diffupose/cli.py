@@ -505,11 +505,13 @@ def cmd_viz(args) -> int:
 # ---------------------------------------------------------------------------------------------
 def _sampling(args, model, diffusion, device, report: _Reporter):
     """(steps, dtype, backend) for eval and demo."""
+    from .model import is_regressor
+
     dtype = _torch_dtype(args.dtype)
     if args.steps is not None and args.sampler == "ddpm":
         report.note(f"--steps is ignored by --sampler ddpm (it takes all {diffusion.cfg.T} steps)")
     steps = args.steps or 5
-    if model.cfg.arch == "regressor":  # one forward pass, no sampler: nothing to probe
+    if is_regressor(model):  # one forward pass, no sampler: nothing to probe
         return steps, dtype, (None if args.backend == "auto" else args.backend)
     return steps, dtype, pick_backend(args.backend, model, diffusion, device, dtype, report)
 
@@ -529,7 +531,9 @@ def _lift_and_score(model, diffusion, test, ns, args, steps, dtype, backend, dev
 
 
 def _settings_text(args, model, steps, backend, device) -> str:
-    if model.cfg.arch == "regressor":
+    from .model import is_regressor
+
+    if is_regressor(model):
         how = "deterministic regressor"
     else:
         how = (f"{steps} DDIM steps" if args.sampler == "ddim" else "DDPM (all steps)") + f", {args.aggregate} of N"
@@ -545,6 +549,7 @@ def _subset_text(test, total: int) -> str:
 def cmd_eval(args) -> int:
     from .evaluate import ORACLE_ROW, load_test_sets, results_doc, subsample, tables, write_results_json
     from .keypoints import check_output_path
+    from .model import is_regressor
 
     report = _Reporter("eval", args.quiet)
     json_out = check_output_path(args.json, formats=(".json",)) if args.json else None
@@ -558,8 +563,8 @@ def cmd_eval(args) -> int:
                                                    model)
     steps, dtype, backend = _sampling(args, model, diffusion, device, report)
     test, _ = subsample(test_all, args.max_frames)
-    ns = (1,) if model.cfg.arch == "regressor" else tuple(dict.fromkeys(args.hypotheses))
-    if model.cfg.arch == "regressor" and tuple(args.hypotheses) != (1,):
+    ns = (1,) if is_regressor(model) else tuple(dict.fromkeys(args.hypotheses))
+    if is_regressor(model) and tuple(args.hypotheses) != (1,):
         report.note("the checkpoint is a deterministic regressor: one prediction per frame (N = 1)")
     print(f"evaluating {wpath.with_suffix('')} ({model.cfg.arch}) on {args.dataset}: "
           f"{_subset_text(test, len(test_all))}, "

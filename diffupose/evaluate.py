@@ -1,7 +1,8 @@
 """Evaluation: lift a test PoseSet with a model and report the paper's tables.
 
 Predictions never see the ground truth: `predict` reads only the 2D poses (of an array or of a
-PoseSet), and the N hypotheses are aggregated by their mean (or per-joint median). The ground
+PoseSet), and the N hypotheses are aggregated by their mean, per-joint median, or the
+reprojection-consistent aggregate (diffupose.aggregate: weights from the 2D input alone). The ground
 truth is read afterwards, by diffupose.metrics, to score them. The best-of-N oracle needs the
 ground truth to choose a hypothesis, so it is a bound, not a prediction: it is computed only on
 request and reported only under the name ORACLE_ROW ("oracle best-of-N (uses ground truth; not a
@@ -17,9 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .aggregate import aggregate as combine
 from .diffusion import Diffusion
 from .engine import Lifter
 from .metrics import Evaluation, evaluate_poseset, format_table
+from .model import is_regressor
 
 ORACLE_ROW = "oracle best-of-{n} (uses ground truth; not a prediction)"
 
@@ -46,7 +49,8 @@ def predict(model: nn.Module, diffusion: Diffusion, inputs, *, n_hyp: int = 1, s
             device=None, backend: Optional[str] = None, seed: int = 0, dtype=torch.float32,
             progress: bool = False, keep_hypotheses: bool = True, desc: Optional[str] = None) -> Prediction:
     """Lift screen-normalised 2D poses: an array [F, J, 2], or a PoseSet, of which only `pose2d`
-    is read (its 3D ground truth is never touched here). A progress bar in frames if `progress`."""
+    is read (its 3D ground truth is never touched here). aggregate: mean, median, or reproj (the
+    reprojection-consistent aggregate of diffupose.aggregate, from the hypotheses and this 2D). A progress bar in frames if `progress`."""
     from tqdm.auto import tqdm
 
     pose2d = getattr(inputs, "pose2d", inputs)  # a PoseSet: its 2D only
@@ -56,10 +60,12 @@ def predict(model: nn.Module, diffusion: Diffusion, inputs, *, n_hyp: int = 1, s
         raise ValueError(f"predict: expected 2D poses [F, J, 2], got shape {tuple(y.shape)}")
     F = y.shape[0]
     batch = batch_frames or default_batch_frames(device, n_hyp)
-    regressor = model.cfg.arch == "regressor"
+    regressor = is_regressor(model)
     scale = diffusion.cfg.pose_scale
     if regressor:
         from .skeleton import flip_pose
+
+        model.eval()  # batch norm on its running statistics, no dropout (the Lifter does the same)
 
         def lift(yc):
             out = model(yc, backend=backend)
@@ -67,11 +73,17 @@ def predict(model: nn.Module, diffusion: Diffusion, inputs, *, n_hyp: int = 1, s
                 out = 0.5 * (out + flip_pose(model(flip_pose(yc, model.skeleton), backend=backend), model.skeleton))
             return out * scale, None
     else:
-        lifter = Lifter(model, diffusion, n_hyp=n_hyp, steps=steps, sampler=sampler, flip=flip, aggregate=aggregate,
-                        batch_frames=batch, device=device, backend=backend, seed=seed, dtype=dtype)
+        # the Lifter aggregates by mean or median; the reprojection-consistent aggregate reads the
+        # hypotheses and the 2D input afterwards (diffupose.aggregate)
+        reproj = aggregate == "reproj"
+        lifter = Lifter(model, diffusion, n_hyp=n_hyp, steps=steps, sampler=sampler, flip=flip,
+                        aggregate="mean" if reproj else aggregate, batch_frames=batch, device=device,
+                        backend=backend, seed=seed, dtype=dtype)
 
         def lift(yc):
             r = lifter(yc)
+            if reproj:
+                return combine(r.hypotheses, yc, "reproj").to(r.mean.dtype), r.hypotheses
             return r.mean, r.hypotheses
 
     means, hyps = [], []
@@ -108,7 +120,7 @@ def evaluate_model(model: nn.Module, diffusion: Diffusion, test, *, hypotheses: 
     ev.extra holds "seconds" and "fps" (test frames / lifting wall time) and, with
     keep_predictions, the Prediction itself."""
     out = {}
-    ns = (1,) if model.cfg.arch == "regressor" else tuple(dict.fromkeys(hypotheses))
+    ns = (1,) if is_regressor(model) else tuple(dict.fromkeys(hypotheses))
     for n in ns:
         want_hyp = keep_predictions or (oracle and n > 1)
         pred = predict(model, diffusion, test, n_hyp=n, steps=steps, sampler=sampler, flip=flip,
@@ -317,3 +329,58 @@ def table6(args, device) -> list[dict]:
             print(f"| {steps} | {sampler} | {n} | {row['fps']:,.0f} | {row['mpjpe']:.1f} | {row['p_mpjpe']:.1f} |",
                   flush=True)
     return rows
+
+
+def aggregate_report(model: nn.Module, diffusion: Diffusion, val, test, *, n_max: int = 20, ns: Sequence[int] = (10, 20),
+                     temperatures: Sequence[float] = (0.0, 0.5, 1.0, 2.0), steps: int = 5, flip: bool = True,
+                     seed: int = 0, target: float = 0.9, backend=None) -> dict:
+    """The aggregates of diffupose.aggregate side by side, and the spread before and after calibration.
+
+    One lift of n_max hypotheses per frame of `val` (held-out training frames) and of `test`; the
+    first n of them stand for N = n. On val: the reproj temperature with the lowest MPJPE and the
+    spread's scale k (per joint, and one global) that puts `target` of the joint errors within
+    2 k spread (the root, 0 in every hypothesis, left out). On test: MPJPE (Avg over actions, as `diffupose eval`, and over all frames) of
+    mean, median and reproj at each N; coverage within 2x spread and Spearman(spread, error) of
+    the mean's joint errors, raw and calibrated. The ground truth of val is used to fit, that of
+    test only to score."""
+    from . import aggregate as agg
+
+    def lift(ps):
+        p = predict(model, diffusion, ps, n_hyp=n_max, steps=steps, flip=flip, seed=seed, backend=backend)
+        return torch.as_tensor(p.hypotheses, dtype=torch.float64), torch.as_tensor(ps.pose2d, dtype=torch.float64)
+
+    def joint_errors(pred, ps):
+        return (torch.as_tensor(pred) - torch.as_tensor(ps.pose3d, dtype=torch.float64)).norm(dim=-1).numpy()
+
+    # the root is 0 in every hypothesis and in the truth (error 0, spread 0): left out of the spread's numbers
+    keep = [j for j, parent in enumerate(model.skeleton.parents) if parent != -1]
+
+    out: dict = {"n_max": n_max, "val_frames": len(val), "test_frames": len(test), "rows": []}
+    hv, yv = lift(val)
+    ht, yt = lift(test)
+    for n in ns:
+        # the temperature chosen on val, per N
+        val_err = {tau: float(joint_errors(agg.aggregate(hv[:, :n], yv, "reproj", tau), val).mean() * 1000)
+                   for tau in temperatures}
+        best = min(val_err, key=val_err.get)
+        out[f"val_reproj_mm_n{n}"] = val_err
+        for name, how, tau in (("mean", "mean", None), ("median", "median", None),
+                               (f"reproj (select, t=0)", "reproj", 0.0), (f"reproj (t={best:g}, from val)", "reproj", best)):
+            pred = agg.aggregate(ht[:, :n], yt, how, tau if tau is not None else agg.DEFAULT_TEMPERATURE)
+            ev = evaluate_poseset(pred.numpy(), test)
+            out["rows"].append({"N": n, "aggregate": name, "mpjpe_avg": ev.mpjpe["Avg"],
+                                "mpjpe_frames": float(joint_errors(pred, test).mean() * 1000),
+                                "p_mpjpe_avg": ev.p_mpjpe["Avg"]})
+        # the spread, as the Lifter reports it (about the mean), against the mean's joint errors
+        s_val, e_val = agg.spread(hv[:, :n]).numpy()[:, keep], joint_errors(hv[:, :n].mean(1), val)[:, keep]
+        s_test, e_test = agg.spread(ht[:, :n]).numpy()[:, keep], joint_errors(ht[:, :n].mean(1), test)[:, keep]
+        k_joint = agg.calibrate_spread(e_val, s_val, target)
+        k_global = agg.calibrate_spread(e_val, s_val, target, per_joint=False)
+        out[f"spread_n{n}"] = {
+            "k_global": float(k_global[0]), "k_per_joint": [round(float(k), 3) for k in k_joint],
+            "coverage_raw": agg.coverage(e_test, s_test), "spearman_raw": agg.spearman(s_test, e_test),
+            "coverage_global": agg.coverage(e_test, s_test * k_global),
+            "spearman_global": agg.spearman(s_test * k_global, e_test),
+            "coverage_per_joint": agg.coverage(e_test, s_test * k_joint),
+            "spearman_per_joint": agg.spearman(s_test * k_joint, e_test)}
+    return out

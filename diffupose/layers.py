@@ -8,6 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from .ops.mgcn import activation_ref
+
+NORMS = ("none", "batch", "layer")
 
 
 def modulated_affinity(adj: Tensor, p: Tensor, q: Tensor) -> Tensor:
@@ -38,21 +41,32 @@ class ModulatedGraphConv(nn.Module):
     so the backend switch moves training and sampling alike.
     """
 
-    def __init__(self, c_in: int, c_out: int, adj: Tensor, act: str = "none", init_gain: float = 1.414):
+    def __init__(self, c_in: int, c_out: int, adj: Tensor, act: str = "none", init_gain: float = 1.414,
+                 norm: str = "none"):
         super().__init__()
         if act not in ops.ACTIVATIONS:
             raise ValueError(f"unknown activation {act!r}")
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
         J = adj.shape[0]
         self.c_in, self.c_out, self.act = c_in, c_out, act
         self.register_buffer("adj", adj.clone().float())
         self.W = nn.Parameter(torch.empty(2, c_in, c_out))
-        nn.init.xavier_uniform_(self.W, gain=init_gain)
+        # each half is a [C_in, C_out] matrix: Xavier on its own fans. Xavier on the 3-D tensor
+        # counts fan_in = C_in * C_out and fan_out = 2 * C_out, ~8x too small at d 128: without a
+        # normalisation after it, the network started near zero and trained far slower (issue 15)
+        for half in self.W.data:
+            nn.init.xavier_uniform_(half, gain=init_gain)
         self.M = nn.Parameter(torch.ones(J, c_out))
         self.P = nn.Parameter(torch.ones(J, J))
         self.Q = nn.Parameter(torch.full((J, J), 1e-6))
         bound = 1.0 / math.sqrt(c_out)
         self.bias = nn.Parameter(torch.empty(c_out).uniform_(-bound, bound))
+        # the normalisation of `pre` (before the timestep scale-shift and the activation)
+        self.norm: Optional[nn.Module] = (ChannelBatchNorm(c_out) if norm == "batch" else
+                                          nn.LayerNorm(c_out) if norm == "layer" else None)
         self._affinity_cache: Optional[tuple[tuple, Tensor]] = None
+        self._folded_cache: Optional[tuple[tuple, tuple[Tensor, Tensor]]] = None
 
     def affinity(self) -> Tensor:
         """The normalised modulated affinity. Without grad (sampling) it is cached until P or Q
@@ -65,16 +79,66 @@ class ModulatedGraphConv(nn.Module):
             self._affinity_cache = (key, modulated_affinity(self.adj, self.P, self.Q))
         return self._affinity_cache[1]
 
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """(W, bias) with an eval-mode batch norm folded in: BN(pre) = k * pre + (beta - k * mu),
+        k = gamma / sqrt(var + eps), and scaling output channel c of both W halves and of the bias
+        by k_c is exact (M multiplies per channel, the affinity mixes joints, not channels).
+        Without grad the result is cached until a parameter or running statistic changes."""
+        if not isinstance(self.norm, ChannelBatchNorm):
+            return self.W, self.bias
+        bn = self.norm
+        deps = (self.W, self.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        cacheable = not torch.is_grad_enabled()
+        key = tuple((t._version, t.data_ptr()) for t in deps)
+        if cacheable and self._folded_cache is not None and self._folded_cache[0] == key:
+            return self._folded_cache[1]
+        k = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        out = (self.W * k, (self.bias - bn.running_mean) * k + bn.bias)
+        if cacheable:
+            self._folded_cache = (key, out)
+        return out
+
     def forward(self, x: Tensor, scale_shift: Optional[Tensor] = None, residual: Optional[Tensor] = None,
                 backend: Optional[str] = None) -> Tensor:
         cast = autocast_dtype(x.device.type)
         if cast is not None:
             # the fused op keeps fp32 parameters and runs activations in the autocast dtype
             x = x.to(cast)
-        return ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, scale_shift, residual, self.act, backend)
+        if self.norm is None or (isinstance(self.norm, ChannelBatchNorm) and not self.training):
+            w, bias = self.folded()  # inference: the normalisation is in the weights, one fused op
+            return ops.mgcn(x, w, self.M, self.affinity(), bias, scale_shift, residual, self.act, backend)
+        # training (batch statistics), or a layer norm (data-dependent, cannot be folded): the op
+        # computes `pre`, the normalisation and the epilogue run in PyTorch
+        h = self.norm(ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, None, None, "none", backend))
+        if scale_shift is not None:
+            ss = scale_shift.to(h.dtype)
+            h = h * (1.0 + ss[:, 0, None, :]) + ss[:, 1, None, :]
+        h = activation_ref(h, self.act)
+        return h if residual is None else h + residual
 
     def extra_repr(self) -> str:
         return f"{self.c_in}, {self.c_out}, joints={self.adj.shape[0]}, act={self.act}"
+
+
+class ChannelBatchNorm(nn.Module):
+    """Batch norm over the channels of [B, J, C] (statistics over samples and joints, as the
+    Modulated-GCN code's BatchNorm1d on [B, C, J]). Its buffers are the running mean and variance
+    only, both float: no integer batch counter, so the checkpoint's float-only weights check and
+    the EMA (which averages the buffers with the weights) take it as they are."""
+
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        C = x.shape[-1]
+        y = torch.nn.functional.batch_norm(x.reshape(-1, C), self.running_mean, self.running_var, self.weight,
+                                           self.bias, self.training, self.momentum, self.eps)
+        return y.view(x.shape)
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:

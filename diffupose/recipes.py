@@ -49,7 +49,10 @@ def build_parser(default_dataset: str) -> argparse.ArgumentParser:
     d.add_argument("--cameras", default=None, help="cameras JSON in the h36m_cameras.json form (required for humaneva)")
     d.add_argument("--downsample", type=int, default=1, help="keep every k-th training frame")
     m = p.add_argument_group("model and diffusion (default: the paper's, or the CMU/CPU recipe)")
-    m.add_argument("--arch", default="gcn", choices=["gcn", "mlp", "unet", "regressor"])
+    m.add_argument("--arch", default="gcn", choices=["gcn", "mlp", "unet", "regressor", "mlp_regressor"],
+                   help="mlp_regressor: Martinez et al.'s baseline (train/baselines.py sets its recipe)")
+    m.add_argument("--norm", default=None, choices=["none", "batch", "layer"],
+                   help="normalisation after the GCN's graph convolutions (default: ModelConfig's)")
     m.add_argument("--d-model", type=int, default=None, help="width d_m (paper: 256; 384 also reported)")
     m.add_argument("--blocks", type=int, default=None, help="residual blocks")
     m.add_argument("--schedule", default="cosine", choices=["cosine", "linear"])
@@ -109,7 +112,8 @@ def main(argv=None, default_dataset: str = "h36m") -> int:
         train = train.subset(np.arange(len(train)) % args.downsample == 0)
     try:
         mcfg = ModelConfig(arch=args.arch, skeleton=train.skeleton.name, d_model=pick(args.d_model, "d_model"),
-                           n_blocks=pick(args.blocks, "n_blocks"))
+                           n_blocks=pick(args.blocks, "n_blocks"),
+                           **({"norm": args.norm} if args.norm else {}))
         dcfg = DiffusionConfig(schedule=args.schedule, T=args.timesteps, lambda_y=args.lambda_y,
                                joint_weights=args.joint_weights, pose_scale=pose_scale_of(train.pose3d))
         tcfg = TrainConfig(epochs=pick(args.epochs, "epochs"), batch_size=pick(args.batch_size, "batch_size"),

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_training_state, save_checkpoint, save_training_state
 from .diffusion import Diffusion, DiffusionConfig, joint_weights
-from .model import ModelConfig, build_model
+from .model import ModelConfig, build_model, is_regressor
 from .skeleton import Skeleton, flip_pose
 
 __all__ = ["TrainConfig", "TrainData", "Trainer", "amp_dtype", "init_distributed"]
@@ -89,6 +89,9 @@ def ema_warmup_fn(decay: float):
     """
     @torch.no_grad()
     def update(ema_params, params, n_averaged):
+        if not ema_params[0].is_floating_point():  # an integer buffer (a counter) is not averaged
+            torch._foreach_copy_(ema_params, params)
+            return
         n = n_averaged.to(ema_params[0].dtype)  # a device tensor: no host sync per step
         d = torch.clamp((1.0 + n) / (10.0 + n), max=decay)
         torch._foreach_mul_(ema_params, d)
@@ -140,7 +143,10 @@ class Trainer:
         self.model = build_model(model_cfg).to(device)
         self.diffusion = Diffusion(diff_cfg)
         self.weights = joint_weights(diff_cfg.joint_weights, self.model.skeleton).to(device)
-        self.ema = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=ema_warmup_fn(train_cfg.ema_decay))
+        # use_buffers: a batch norm's running statistics are averaged with the weights; without it the
+        # EMA copy kept the statistics of step 0 (mean 0, var 1) and scored 2x the raw weights' error
+        self.ema = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=ema_warmup_fn(train_cfg.ema_decay),
+                                                       use_buffers=True)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr)
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=train_cfg.lr_decay)
         self.net: nn.Module = self.model
@@ -174,9 +180,11 @@ class Trainer:
                 "model_cfg": self.mcfg.to_dict(), "diffusion_cfg": self.dcfg.to_dict(), "train_cfg": self.cfg.to_dict()}
 
     def load_state_dict(self, st: dict) -> None:
-        if st["model_cfg"] != self.mcfg.to_dict() or st["diffusion_cfg"] != self.dcfg.to_dict():
+        # through from_dict: a state saved before a config field existed reads with that field's old meaning
+        saved = ModelConfig.from_dict(st["model_cfg"])
+        if saved != self.mcfg or st["diffusion_cfg"] != self.dcfg.to_dict():
             raise ValueError("resume: the checkpoint was trained with another model or diffusion config "
-                             f"({st['model_cfg']}, {st['diffusion_cfg']})")
+                             f"({saved.to_dict()}, {st['diffusion_cfg']})")
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.opt.load_state_dict(st["opt"])
@@ -229,7 +237,7 @@ class Trainer:
 
     def loss(self, x0: Tensor, y: Tensor) -> tuple[Tensor, dict]:
         net, backend = self.net, self.cfg.backend
-        if self.mcfg.arch == "regressor":
+        if is_regressor(self.mcfg):
             # the deterministic baseline: per-joint weighted mean joint distance (MPJPE-style)
             err = (net(y, backend=backend).float() - x0).norm(dim=-1)
             loss = (err * self.weights).mean()
@@ -237,6 +245,7 @@ class Trainer:
         return self.diffusion.loss(lambda a, b, c: net(a, b, c, backend=backend), x0, y, self.weights)
 
     def train_step(self, idx: Tensor) -> dict:
+        self.net.train()  # an evaluation in between (the Lifter, predict) leaves the model in eval mode
         flip_mask = (torch.rand(idx.shape[0], generator=self.gen, device=self.device) < 0.5) if self.cfg.flip else None
         x0, y = self.data.batch(idx, flip_mask)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):

@@ -60,15 +60,12 @@ def sample_ref(model: nn.Module, diffusion, y: Tensor, n_hyp: int = 1, steps: Op
 # ---------------------------------------------------------------------------------------------
 def _convs(model: nn.Module) -> list:
     """The graph convolutions in the op's order: input, (conv1, conv2) of each block, out."""
-    net = model.net
-    layers = [net.inp]
-    for c1, c2 in zip(net.convs1, net.convs2):
-        layers += [c1, c2]
-    return layers + [net.out]
+    return model.net.layers()
 
 
 def _key(modules) -> tuple:
-    return tuple((p._version, p.data_ptr(), p.device) for m in modules for p in m.parameters())
+    # parameters and buffers (a batch norm's running statistics are folded into the packed weights)
+    return tuple((t._version, t.data_ptr(), t.device) for m in modules for t in (*m.parameters(), *m.buffers()))
 
 
 _packed: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[Tensor]]]" = weakref.WeakKeyDictionary()
@@ -77,19 +74,21 @@ _films: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary
 
 @torch.no_grad()
 def pack_weights(model: nn.Module) -> list[Tensor]:
-    """4 float32 tensors per graph convolution (w [C_in, 2 C_out] = [w0 | w1], m, a, bias), the out
-    layer cut to the eps channels; cached until a parameter of the convolutions changes."""
+    """4 float32 tensors per graph convolution (w [C_in, 2 C_out] = [w0 | w1], m, a, bias), from
+    GCNBackbone.inference_layers (a batch norm folded into w and bias), the out layer cut to the eps
+    channels; cached until a parameter or buffer of the convolutions changes."""
     convs = _convs(model)
     key = _key(convs)
     hit = _packed.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
+    layers = model.net.inference_layers()
     packed = []
-    for i, conv in enumerate(convs):
-        c = EPS_CHANNELS if i == len(convs) - 1 else conv.c_out
-        w = conv.W.detach()[:, :, :c].float()
-        packed += [torch.cat([w[0], w[1]], 1).contiguous(), conv.M.detach()[:, :c].float().contiguous(),
-                   conv.affinity().detach().float().contiguous(), conv.bias.detach()[:c].float().contiguous()]
+    for i, L in enumerate(layers):
+        c = EPS_CHANNELS if i == len(layers) - 1 else L["W"].shape[-1]
+        w = L["W"][:, :, :c].float()
+        packed += [torch.cat([w[0], w[1]], 1).contiguous(), L["M"][:, :c].float().contiguous(),
+                   L["a"].float().contiguous(), L["bias"][:c].float().contiguous()]
     _packed[model] = (key, packed)
     return packed
 
@@ -135,6 +134,8 @@ def fused_sampler_available(model: nn.Module, device, dtype: torch.dtype = torch
     device = torch.device(device)
     if not isinstance(model, GCNDenoiser) or device.type != "cpu" or dtype == torch.float64:
         return False
+    if any(c.norm is not None and not hasattr(c.norm, "running_var") for c in model.net.layers()):
+        return False  # a layer norm cannot be folded into the packed weights
     try:
         return _backend.resolve(backend, device) == "cpu" and _cpp_op() is not None
     except _backend.BackendUnavailable:  # not built, or built before this op existed

@@ -23,6 +23,12 @@ def _model(skeleton="h36m17", d=16, blocks=2, act="silu", seed=0) -> GCNDenoiser
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.add_(0.2 * torch.randn_like(p) * (p.abs().mean() + 0.05))
+        for name, b in model.named_buffers():  # a batch norm's statistics (folded into the packed weights)
+            if name.endswith("running_mean"):
+                b.add_(0.1 * torch.randn_like(b))
+            elif name.endswith("running_var"):
+                b.mul_(torch.empty_like(b).uniform_(0.5, 2.0))
+    assert model.cfg.norm == "none" or any(n.endswith("running_var") for n, _ in model.named_buffers())
     return model
 
 
@@ -137,7 +143,7 @@ def test_thread_count_does_not_change_the_result():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("change", ["in_place", "optimizer", "affinity", "film", "replace"])
+@pytest.mark.parametrize("change", ["in_place", "optimizer", "affinity", "film", "replace", "running_stats"])
 def test_packed_weights_follow_parameter_changes(change):
     model, diffusion = _model(), Diffusion(DiffusionConfig(T=20))
     y = torch.randn(2, 17, 2)
@@ -160,6 +166,9 @@ def test_packed_weights_follow_parameter_changes(change):
     elif change == "film":
         with torch.no_grad():
             model.net.films[0].proj.bias.add_(0.5)
+    elif change == "running_stats":  # a batch norm's statistics after more training
+        with torch.no_grad():
+            conv.norm.running_var.mul_(3.0)
     else:  # a new tensor in place of the parameter (load_state_dict(assign=True) does this)
         conv.bias = torch.nn.Parameter(conv.bias.detach() + 0.5)
     after = ops.sample(model, diffusion, y, n_hyp=2, rng_state=_state())[0]
