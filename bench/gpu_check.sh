@@ -12,7 +12,7 @@
 #   tests_triton the Triton tests (compiled)
 #   memcheck    compute-sanitizer memcheck on the CUDA op tests (small sizes)
 #   racecheck   compute-sanitizer racecheck on the same
-#   fps_fp32    bench/fps.py: eager, fused, graph; batch 1 / 1024 / 65536; N 1 and 10 (compile disabled)
+#   fps_fp32    bench/fps.py: eager, fused, graph; batch 1 / 1024 / 65536; N 1 and 10 (--no-compile)
 #   fps_bf16    the same at bf16
 #   table6      bench/fps.py --table6
 #   train       bench/train_throughput.py
@@ -181,30 +181,29 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # benchmarks. bench/fps.py's compile path autotunes (mode max-autotune) for every shape, minutes
-# each, and runs before the fused and graph paths: the sweeps run with TORCH_COMPILE_DISABLE=1
-# (their "compile" rows are then eager: ignore them), and the compiled path is measured on its
-# own at the end (batch 1024, N 10; GEMM autotuning among ATen's kernels only), as time allows.
+# each: the sweeps leave it out (--no-compile), and the compiled path is measured with the others
+# at the end (batch 1024, N 10; GEMM autotuning among ATen's kernels only), as time allows.
 # ---------------------------------------------------------------------------------------------
 if [ "$DRY" = 1 ]; then
-  TINY=(--device cpu --d-model 16 --blocks 1 --repeats 1 --warmup 0)
+  TINY=(--device cpu --d-model 16 --blocks 1 --repeats 1 --warmup 1)
   run_stage fps_fp32 60 "$PY" bench/fps.py "${TINY[@]}" --ddim-steps 1 --batch 1 4 --hyp 1 2 --dtype fp32 --budget 5 \
-    --json "$DEST/fps_fp32.json"
+    --no-compile --json "$DEST/fps_fp32.json"
   run_stage fps_bf16 60 "$PY" bench/fps.py "${TINY[@]}" --ddim-steps 1 --batch 1 --hyp 1 --dtype bf16 --budget 5 \
-    --json "$DEST/fps_bf16.json"
-  run_stage table6 240 "$PY" bench/fps.py --table6 --device cpu --max-frames 2 --repeats 1 --warmup 0 --budget 5 \
+    --no-compile --json "$DEST/fps_bf16.json"
+  run_stage table6 240 "$PY" bench/fps.py --table6 --device cpu --max-frames 2 --repeats 1 --warmup 1 --budget 5 \
     --json "$DEST/table6.json"
   run_stage train 60 "$PY" bench/train_throughput.py --device cpu --d-model 16 --blocks 1 --batch 8 --repeats 1 \
-    --warmup 0 --json "$DEST/train.json"
-  run_stage fps_compile 120 "$PY" bench/fps.py "${TINY[@]}" --compile --ddim-steps 1 --batch 2 --hyp 1 --dtype fp32 \
+    --warmup 1 --no-compile --json "$DEST/train.json"
+  run_stage fps_compile 120 "$PY" bench/fps.py "${TINY[@]}" --ddim-steps 1 --batch 2 --hyp 1 --dtype fp32 \
     --budget 5 --json "$DEST/fps_compile.json"
 else
   SWEEP=(--ddim-steps 5 --batch 1 1024 65536 --hyp 1 10 --budget 10 --repeats 10 --warmup 2)
-  run_stage fps_fp32 45 env TORCH_COMPILE_DISABLE=1 "$PY" bench/fps.py "${SWEEP[@]}" --dtype fp32 \
+  run_stage fps_fp32 45 "$PY" bench/fps.py "${SWEEP[@]}" --no-compile --dtype fp32 \
     --json "$DEST/fps_fp32.json"
-  run_stage fps_bf16 45 env TORCH_COMPILE_DISABLE=1 "$PY" bench/fps.py "${SWEEP[@]}" --dtype bf16 \
+  run_stage fps_bf16 45 "$PY" bench/fps.py "${SWEEP[@]}" --no-compile --dtype bf16 \
     --json "$DEST/fps_bf16.json"
   run_stage table6 40 "$PY" bench/fps.py --table6 --max-frames 2000 --budget 10 --json "$DEST/table6.json"
-  run_stage train 30 "$PY" bench/train_throughput.py --json "$DEST/train.json"
+  run_stage train 30 "$PY" bench/train_throughput.py --no-compile --json "$DEST/train.json"
   run_stage fps_compile 90 env TORCHINDUCTOR_MAX_AUTOTUNE_GEMM_BACKENDS=ATEN "$PY" bench/fps.py --ddim-steps 5 \
     --batch 1024 --hyp 10 --dtype fp32 --budget 10 --repeats 10 --warmup 2 --json "$DEST/fps_compile.json"
 fi
