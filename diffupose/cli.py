@@ -82,6 +82,13 @@ def _finite_float(text: str) -> float:
     return v
 
 
+def _nonneg_float(text: str) -> float:
+    v = _finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return v
+
+
 class _Formatter(argparse.HelpFormatter):
     """Wraps prose paragraphs but keeps indented lines (the examples) as written; shows an
     option's default where it has one."""
@@ -197,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  diffupose lift kp.csv --layout coco17 --normalized --skip-empty -o poses.json")
     lift.add_argument("input", metavar="KEYPOINTS", help="2D keypoints: .json (COCO style), .npy, .npz or .csv")
     lift.add_argument("-o", "--output", required=True, metavar="OUT",
-                      help="where to write the result: .npz (compact, any length) or .json")
+                      help="where to write the result: .npz (compact, any length) or .json (everything); .bvh "
+                           "(a skeleton of the clip's median bone lengths and its joint rotations, for animation "
+                           "tools) or .csv (frame, pelvis_x, pelvis_y, ..., unreliable): the aggregate pose only")
     g = lift.add_argument_group("input")
     from .keypoints import LAYOUTS
 
@@ -220,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "stopping")
     g.add_argument("--key", metavar="NAME", default=None,
                    help="the array to read from an .npz holding several (default: 'keypoints' or the only one)")
+    from .smoothing import DEFAULT_BETA, DEFAULT_MIN_CUTOFF, SMOOTHERS
+
+    v = lift.add_argument_group("video")
+    v.add_argument("--smooth", choices=SMOOTHERS, default="none",
+                   help="temporal filter on the aggregate pose of a video, per joint (oneeuro: the One Euro filter, "
+                        "causal, little lag in fast motion); never for unrelated images. The hypotheses and the "
+                        "spread are left as lifted")
+    v.add_argument("--fps", type=_positive_float, default=None,
+                   help="frame rate of the video, for --smooth and the BVH frame time (default: the input's, where "
+                        "it states one, else 30)")
+    v.add_argument("--smooth-min-cutoff", type=_positive_float, default=DEFAULT_MIN_CUTOFF, metavar="HZ",
+                   help="One Euro: the cut-off at rest (lower: smoother, more lag)")
+    v.add_argument("--smooth-beta", type=_nonneg_float, default=DEFAULT_BETA, metavar="B",
+                   help="One Euro: how fast the cut-off rises with a joint's speed, Hz per m/s (higher: less lag)")
     _add_model_options(lift, "model checkpoint: <stem>.safetensors + <stem>.json, the stem, or a folder with "
                              "model.*; default: the shipped CMU-trained GCN (diffupose/assets/checkpoints/cmu_gcn)")
     lift.add_argument("-q", "--quiet", action="store_true",
@@ -231,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         "viz", formatter_class=_Formatter, help="draw the 2D input beside the 3D hypotheses (PNG, GIF, MP4)",
         description="Draw what `diffupose lift` wrote: the 2D keypoints (weak joints marked) beside the 3D "
                     "hypotheses (faint), their aggregate (bold) and the per-joint spread (joint colour). One frame "
-                    "to an image (.png, .jpg, .pdf, .svg), or a clip to .gif (Pillow) or .mp4 (needs ffmpeg).",
+                    "to an image (.png, .jpg, .pdf, .svg), or a clip to .gif (Pillow) or .mp4 (ffmpeg: on PATH, or the "
+                    "imageio-ffmpeg package's: pip install imageio-ffmpeg).",
         epilog="examples:\n"
                "  diffupose viz poses.npz -o frame.png --frame 42\n"
                "  diffupose viz poses.npz -o clip.gif --start 0 --stop 200 --step 2 --fps 12\n"
@@ -539,6 +563,17 @@ def cmd_lift(args) -> int:
                     backend=backend, device=device)
     root = skel.parents.index(-1)
     F = len(plan.frames)
+    fps, fps_source = _lift_fps(args, kp, out, report)
+    if out.suffix.lower() == ".bvh":
+        from .export import check_bvh_skeleton
+
+        try:
+            check_bvh_skeleton(skel.joints, skel.parents)
+        except ValueError as e:
+            raise CliError(f"output {out}: {e}") from None
+    from .smoothing import make_smoother
+
+    smoother = make_smoother(args.smooth, fps, min_cutoff=args.smooth_min_cutoff, beta=args.smooth_beta)
     mapping = None
     if layout != skel.name:
         mapping = {name: list(COCO_TO_H36M17[name]) for name in skel.joints} if layout == "coco17" \
@@ -550,7 +585,8 @@ def cmd_lift(args) -> int:
         "frame": "camera frame of the training data (x right, y down, z forward); root-relative: each hypothesis "
                  f"is translated so that its root joint ({skel.joints[root]}) is at 0",
         "arrays": {
-            "pose3d": "[F, J, 3] the aggregate of the hypotheses",
+            "pose3d": "[F, J, 3] the aggregate of the hypotheses" + (
+                f", smoothed over time ({args.smooth}: settings.smooth)" if smoother else ""),
             "hypotheses": "[F, N, J, 3]",
             "spread": "[F, J] RMS distance of the hypotheses from their mean, per joint",
             "weak": f"[F, J] detector score below min_score ({args.min_score}), undetected (2D at pixel 0,0) or "
@@ -583,7 +619,9 @@ def cmd_lift(args) -> int:
             "hypotheses": args.hypotheses, "steps": steps if args.sampler == "ddim" else diffusion.cfg.T,
             "sampler": args.sampler, "flip": args.flip, "aggregate": args.aggregate, "seed": args.seed,
             "batch_size": batch, "device": str(device), "backend": backend, "backend_requested": args.backend,
-            "dtype": args.dtype, "cuda_graph": lifter.use_graph,
+            "dtype": args.dtype, "cuda_graph": lifter.use_graph, "fps": fps, "fps_source": fps_source,
+            "smooth": {"filter": args.smooth, "min_cutoff_hz": smoother.min_cutoff, "beta": smoother.beta,
+                       "d_cutoff_hz": smoother.d_cutoff} if smoother else {"filter": "none"},
         },
         "checkpoint": {
             "path": str(wpath.resolve()), "weights_sha256": _sha256(wpath),
@@ -615,6 +653,8 @@ def cmd_lift(args) -> int:
                                + (f" in {args.dtype}; try --dtype fp32" if args.dtype != "fp32" else
                                   "; the checkpoint may be broken"))
             agg, spread = r.mean.float().cpu(), r.spread.float().cpu()  # root-relative, median if asked
+            if smoother is not None:  # the aggregate only; its state runs on across batches
+                agg = torch.from_numpy(smoother(agg.numpy(), idx).astype(np.float32))
             writer.write(pose3d=agg.numpy(), hypotheses=hyp.numpy(), spread=spread.numpy(), weak=c.weak,
                          unreliable=c.unreliable, pose2d=c.pose2d, keypoints2d=c.keypoints2d, frame_index=idx,
                          score=c.score)
@@ -643,6 +683,20 @@ def cmd_lift(args) -> int:
     return 0
 
 
+def _lift_fps(args, kp, out: Path, report: _Reporter) -> tuple[float, str]:
+    """The video's frame rate: --fps, else the input's where its format states one, else assumed
+    (said where it matters: smoothing, and a BVH's frame time)."""
+    from .export import DEFAULT_FPS
+
+    if args.fps is not None:
+        return args.fps, "given"
+    if getattr(kp, "fps", None):
+        return float(kp.fps), "input"
+    if args.smooth != "none" or out.suffix.lower() == ".bvh":
+        report.note(f"assuming {DEFAULT_FPS:g} frames/s (give the video's with --fps)")
+    return DEFAULT_FPS, "assumed"
+
+
 # ---------------------------------------------------------------------------------------------
 # viz
 # ---------------------------------------------------------------------------------------------
@@ -666,8 +720,8 @@ def cmd_viz(args) -> int:
     if not rows:
         raise CliError(f"no rows to draw: --start {args.start} --stop {stop} --step {args.step} of {F} rows")
     if ext == ".mp4" and not viz.ffmpeg_available():
-        raise CliError("writing .mp4 needs ffmpeg, which is not on PATH; write a .gif instead (-o clip.gif) "
-                       "or install ffmpeg")
+        raise CliError("writing .mp4 needs ffmpeg, which is not on PATH, nor the imageio-ffmpeg package that "
+                       "ships one; `pip install imageio-ffmpeg` (or diffupose[video]), or write a .gif (-o clip.gif)")
     if ext == ".gif" and len(rows) > viz.MAX_GIF_FRAMES:
         raise CliError(f"a GIF of {len(rows)} frames is held in memory while written; keep it under "
                        f"{viz.MAX_GIF_FRAMES} with --start/--stop/--step, or write .mp4 (ffmpeg)")

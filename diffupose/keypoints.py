@@ -717,7 +717,7 @@ def prepare_chunk(kp: Keypoints, frames: np.ndarray, plan: InputPlan, src: str, 
 # ---------------------------------------------------------------------------------------------
 # writers
 # ---------------------------------------------------------------------------------------------
-OUTPUT_FORMATS = (".npz", ".json")
+OUTPUT_FORMATS = (".npz", ".json", ".bvh", ".csv")  # .bvh, .csv: the aggregate only (diffupose/export.py)
 
 
 def check_output_path(path: PathLike, inputs: Sequence[PathLike] = (), formats=OUTPUT_FORMATS) -> Path:
@@ -896,11 +896,19 @@ class LiftWriter:
         if self.json:
             self._f.write("\n ]\n}\n")
             self._f.close()
+        elif self.path.suffix.lower() in (".bvh", ".csv"):  # for animation and analysis tools: the aggregate
+            from .export import DEFAULT_FPS, write_export
+
+            a = self.arrays
+            write_export(self._final_tmp, pose3d=a["pose3d"], joint_names=self.joint_names,
+                         parents=self.meta["parents"], fps=self.meta.get("settings", {}).get("fps") or DEFAULT_FPS,
+                         frame_index=a["frame_index"], unreliable=a["unreliable"])
         else:
             extra = {"joint_names": np.array(self.joint_names), "meta": np.array(json.dumps(self.meta))}
             if self.frame_ids is not None:
                 extra["frame_id"] = np.asarray(self.frame_ids)[self.arrays["frame_index"]]
             np.savez(self._final_tmp, **self.arrays, **extra)
+        if not self.json:
             for m in self.arrays.values():
                 m._mmap.close()
             self.arrays = {}
