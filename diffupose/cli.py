@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "unreliable [F] (a frame with an undetected or off-image joint, or with more than half its "
                     "joints weak: its pose is a guess), pose2d (the model's "
                     "normalised input), keypoints2d, frame_index (input frame of each row), joint_names, and meta "
-                    "(settings, input, checkpoint).",
+                    "(settings, input, checkpoint). A .bvh or .csv output holds the aggregate pose only: a BVH "
+                    "skeleton (median bone lengths, rotations solved from the positions) or one column per "
+                    "joint coordinate (pelvis_x, pelvis_y, ...).",
         epilog="examples:\n"
                "  # COCO results from a detector, pixels of a 1920 x 1080 video\n"
                "  diffupose lift keypoints.json --image-size 1920 1080 -o poses.npz\n"
@@ -201,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  diffupose lift kp.npy --layout h36m17 --image-size 1000 1000 -n 20 --flip --device cuda \\\n"
                "      -o poses.npz\n"
                "  # already screen-normalised coordinates, frames without a person left out\n"
-               "  diffupose lift kp.csv --layout coco17 --normalized --skip-empty -o poses.json")
+               "  diffupose lift kp.csv --layout coco17 --normalized --skip-empty -o poses.json\n"
+               "  # a 30 frames/s video, smoothed, to an animation tool\n"
+               "  diffupose lift keypoints.json --image-size 1920 1080 --smooth oneeuro --fps 30 -o poses.bvh")
     lift.add_argument("input", metavar="KEYPOINTS", help="2D keypoints: .json (COCO style), .npy, .npz or .csv")
     lift.add_argument("-o", "--output", required=True, metavar="OUT",
                       help="where to write the result: .npz (compact, any length) or .json (everything); .bvh "
