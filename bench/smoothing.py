@@ -3,6 +3,7 @@ with the One Euro filter (`diffupose lift --smooth oneeuro`), per clip of the em
 detector-like 2D (20 frames/s), with the shipped checkpoint. The README's "Smooth video" table.
 
   python bench/smoothing.py                       # the test clips, the default setting
+  python bench/smoothing.py --camera 0 --grid     # those of camera 0 (a quarter of the time), a grid
   python bench/smoothing.py --part train --grid   # how the default was chosen (training clips, camera 0)
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     p.add_argument("--part", choices=("test", "train"), default="test",
                    help="test: the test clips; train: the training clips of camera 0 (for choosing settings)")
     p.add_argument("--grid", action="store_true", help="a grid of (min_cutoff, beta) instead of the default")
+    p.add_argument("--camera", type=int, default=None, help="only the clips seen from this camera (0-3; faster)")
     p.add_argument("-n", "--hypotheses", type=int, default=10)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--checkpoint", default=None)
@@ -36,10 +38,12 @@ def main() -> None:
     model, diffusion, _ = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, torch.device("cpu"))
     train, test = load_dataset("cmu", keypoints="det")
     poses = test if args.part == "test" else train.subset(train.camera == 0)
+    if args.camera is not None:
+        poses = poses.subset(poses.camera == args.camera)
     settings = GRID if args.grid else [(DEFAULT_MIN_CUTOFF, DEFAULT_BETA)]
     t0 = time.perf_counter()
     rows = smoothing_rows(model, diffusion, poses, 20.0, settings, n_hyp=args.hypotheses, steps=args.steps)
-    print(f"# CMU {args.part}: {len(poses):,} frames, det 2D, 20 frames/s, N = {args.hypotheses}, DDIM {args.steps} "
+    print(f"# CMU {args.part}{'' if args.camera is None else f', camera {args.camera}'}: {len(poses):,} frames, det 2D, 20 frames/s, N = {args.hypotheses}, DDIM {args.steps} "
           f"steps, flip; {time.perf_counter() - t0:.0f} s")
     print("| filter | min_cutoff (Hz) | beta (per m/s) | MPJPE (mm) | accel. error (mm/frame^2) |")
     print("|---|---:|---:|---:|---:|")
