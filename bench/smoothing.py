@@ -55,8 +55,9 @@ def main() -> None:
     settings = GRID if args.grid else [(DEFAULT_MIN_CUTOFF, DEFAULT_BETA)]
     t0 = time.perf_counter()
     rows = smoothing_rows(model, diffusion, poses, 20.0, settings, n_hyp=args.hypotheses, steps=args.steps)
-    print(f"# CMU {args.part}{'' if args.camera is None else f', camera {args.camera}'}: {len(poses):,} frames, det 2D, 20 frames/s, N = {args.hypotheses}, DDIM {args.steps} "
-          f"steps, flip; {time.perf_counter() - t0:.0f} s")
+    where = args.part + ("" if args.camera is None else f", camera {args.camera}")
+    print(f"# CMU {where}: {len(poses):,} frames, det 2D, 20 frames/s, N = {args.hypotheses}, "
+          f"DDIM {args.steps} steps, flip; {time.perf_counter() - t0:.0f} s")
     print("| filter | min_cutoff (Hz) | beta (per m/s) | MPJPE (mm) | accel. error (mm/frame^2) |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

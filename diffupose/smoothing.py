@@ -50,7 +50,8 @@ class OneEuroFilter:
                 raise ValueError(f"OneEuroFilter: {name} must be a positive number, got {v}")
         if not (math.isfinite(beta) and beta >= 0):
             raise ValueError(f"OneEuroFilter: beta must be 0 or more, got {beta}")
-        self.fps, self.min_cutoff, self.beta, self.d_cutoff = float(fps), float(min_cutoff), float(beta), float(d_cutoff)
+        self.fps, self.min_cutoff, self.beta = float(fps), float(min_cutoff), float(beta)
+        self.d_cutoff = float(d_cutoff)
         self.reset()
 
     def reset(self) -> None:
