@@ -717,7 +717,9 @@ def prepare_chunk(kp: Keypoints, frames: np.ndarray, plan: InputPlan, src: str, 
 # ---------------------------------------------------------------------------------------------
 # writers
 # ---------------------------------------------------------------------------------------------
-OUTPUT_FORMATS = (".npz", ".json", ".bvh", ".csv")  # .bvh, .csv: the aggregate only (diffupose/export.py)
+from .export import EXPORT_FORMATS  # noqa: E402 (.bvh, .csv: the aggregate only, written by diffupose/export.py)
+
+OUTPUT_FORMATS = (".npz", ".json") + EXPORT_FORMATS
 
 
 def check_output_path(path: PathLike, inputs: Sequence[PathLike] = (), formats=OUTPUT_FORMATS) -> Path:
@@ -896,7 +898,7 @@ class LiftWriter:
         if self.json:
             self._f.write("\n ]\n}\n")
             self._f.close()
-        elif self.path.suffix.lower() in (".bvh", ".csv"):  # for animation and analysis tools: the aggregate
+        elif self.path.suffix.lower() in EXPORT_FORMATS:  # for animation and analysis tools: the aggregate
             from .export import DEFAULT_FPS, write_export
 
             a = self.arrays
