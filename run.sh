@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for set-up and the common jobs; every command is idempotent.
 #
-#   ./run.sh setup     create/refresh the virtual environment, build diffupose._C (incremental)
+#   ./run.sh setup     create/refresh the virtual environment, build diffupose._C (incremental;
+#                      the CUDA kernels only where a GPU is visible, or with DIFFUPOSE_FORCE_CUDA=1)
 #   ./run.sh test      setup, then the test suite (Triton kernels under the interpreter without a GPU)
 #   ./run.sh demo      setup, then the main job on the embedded default data
 #   ./run.sh py ARGS   setup, then python ARGS inside the environment
@@ -44,11 +45,16 @@ setup() {
   fi
   # The extension, built in place and incrementally (ninja, build/ in the repository).
   if [ "${DIFFUPOSE_SKIP_EXT:-0}" != "1" ]; then
-    # A missing CUDA_HOME is found from nvcc by setup.py (wrapper scripts followed).
-    log "building diffupose._C (incremental)"
-    (cd "$ROOT" && "$PY" setup.py -q build_ext --inplace > "$ROOT/build/ext.log" 2>&1) || {
+    # A missing CUDA_HOME is found from nvcc by setup.py (wrapper scripts followed). setup.py says
+    # what it compiles and about how long a first build takes; its lines are shown as they come,
+    # the compiler's go to build/ext.log. Only what changed is recompiled (seconds when nothing did).
+    log "building diffupose._C in place (incremental; compiler output in build/ext.log)"
+    local t0=$SECONDS
+    (cd "$ROOT" && "$PY" setup.py -q build_ext --inplace 2>&1 | tee "$ROOT/build/ext.log" |
+      while IFS= read -r line; do case "$line" in "diffupose: "*) log "${line#diffupose: }" ;; esac; done) || {
       tail -n 40 "$ROOT/build/ext.log" >&2; log "extension build failed; full log in build/ext.log"; exit 1; }
-    "$PY" -c 'import diffupose._C as C; print("[run.sh] diffupose._C ready (CUDA kernels: %s)" % C.with_cuda())' >&2
+    "$PY" -c 'import diffupose._C as C, sys; print("[run.sh] diffupose._C ready in %s s (CUDA kernels: %s)"
+              % (sys.argv[1], C.with_cuda()))' "$((SECONDS - t0))" >&2
   fi
 }
 
@@ -70,5 +76,5 @@ case "$cmd" in
     setup
     cd "$ROOT" && exec "$PY" "$@" ;;
   *)
-    sed -n '2,14p' "$0"; [ "$cmd" = help ] || exit 2 ;;
+    sed -n '2,13p' "$0"; [ "$cmd" = help ] || exit 2 ;;
 esac

@@ -1,11 +1,14 @@
 """Build diffupose and its extension diffupose._C.
 
 The C++ (CPU) sources in csrc/*.cpp are always compiled; the CUDA sources in csrc/cuda/*.cu
-are compiled when a CUDA build of torch and nvcc are present.
+are compiled when a CUDA build of torch and nvcc are present and a GPU is visible (torch sees one,
+or `nvidia-smi -L` lists one): on a machine without a GPU they could not run, and compiling them
+for three architectures is most of a first build's time (docs/DESIGN.md, "Building").
 
 Environment switches:
   DIFFUPOSE_FORCE_CUDA=1   build the CUDA sources even if auto-detection says no (fails loudly
-                           if torch is a CPU build or nvcc cannot be found)
+                           if torch is a CPU build or nvcc cannot be found); CI sets it wherever
+                           nvcc exists, so the CUDA code cannot rot unseen
   DIFFUPOSE_SKIP_CUDA=1    never build the CUDA sources
   DIFFUPOSE_SKIP_EXT=1     install the pure-Python package only
   TORCH_CUDA_ARCH_LIST     target architectures (default "8.0;8.6;9.0": Ampere and Hopper)
@@ -19,12 +22,14 @@ import glob
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "8.0;8.6;9.0"
+FIRST_BUILD_CPU, FIRST_BUILD_CUDA = "2 min", "5 min"  # on 2 cores, MAX_JOBS=2 (docs/DESIGN.md, "Building")
 
 
 def _flag(name):
@@ -79,6 +84,24 @@ def _add_cuda_library_headers(cuda_home):
     print("diffupose: cuBLAS/cuSPARSE headers from %s (CPATH)" % found[0])
 
 
+def _gpu_visible(torch) -> bool:
+    """A GPU the CUDA kernels could run on: torch sees one, or nvidia-smi lists one (a driver is
+    there though this torch cannot use it now, e.g. inside a build container)."""
+    try:
+        if torch.cuda.is_available():
+            return True
+    except Exception:  # noqa: BLE001 - a broken driver is no GPU for this purpose
+        pass
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    try:
+        res = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return res.returncode == 0 and re.search(r"^GPU \d+:", res.stdout, re.M) is not None
+
+
 def _extensions():
     if _flag("DIFFUPOSE_SKIP_EXT"):
         print("diffupose: DIFFUPOSE_SKIP_EXT=1, installing without diffupose._C")
@@ -110,8 +133,18 @@ def _extensions():
             raise RuntimeError("DIFFUPOSE_FORCE_CUDA=1 but nvcc was not found (set CUDA_HOME)")
         with_cuda = True
     else:
-        with_cuda = torch.version.cuda is not None and have_nvcc
-    print("diffupose: building diffupose._C (CPU%s), CUDA_HOME=%s" % (" + CUDA" if with_cuda else " only", cuda_home))
+        with_cuda = torch.version.cuda is not None and have_nvcc and _gpu_visible(torch)
+        if torch.version.cuda is not None and have_nvcc and not with_cuda:
+            print("diffupose: no GPU visible, so the CUDA kernels are not compiled "
+                  "(DIFFUPOSE_FORCE_CUDA=1 compiles them anyway)")
+    # Said before the compiler starts: a first build is minutes of silence otherwise. Times measured
+    # on 2 cores (MAX_JOBS=2); an unchanged build is only the check (seconds).
+    cuda_part = ""
+    if with_cuda:
+        cuda_part = " and the CUDA kernels (%d files for the architectures %s, about %s more)" % (
+            len(cuda_sources), os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST), FIRST_BUILD_CUDA)
+    print("diffupose: building diffupose._C: the C++ CPU kernels (%d files, about %s the first time)%s; "
+          "CUDA_HOME=%s" % (len(sources), FIRST_BUILD_CPU, cuda_part, cuda_home))
 
     # The C++ standard is chosen by torch (C++20 for torch >= 2.14). -fno-trapping-math lets gcc
     # if-convert float compares, without which the CPU kernels' clamp/select loops (silu's exp)
@@ -155,6 +188,7 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.0,<4"],
+        "video": ["imageio-ffmpeg>=0.4,<1"],  # an ffmpeg binary for `diffupose viz -o clip.mp4`
         "dev": ["pytest>=7,<10", "pytest-benchmark>=4,<6", "pytest-timeout>=2,<3"],
     },
     entry_points={"console_scripts": ["diffupose=diffupose.cli:main"]},

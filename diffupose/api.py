@@ -13,6 +13,12 @@ messages: `KeypointError`, `LiftError`, `CheckpointError` are all ValueErrors) a
 `Lifted` with named fields. `diffupose lift` is this module behind argparse (cli.cmd_lift): it
 calls `read_input`, `load_lifter`, then `PoseLifter.iter_lift` to stream long inputs to disk.
 
+Video: `load_lifter(smooth="oneeuro", fps=30)` smooths the aggregate pose over time (the One Euro
+filter of diffupose.smoothing, causal, its state carried from batch to batch of one lift), in
+`iter_lift`, so `lift`, `Lifted.save` and `lift_to_file` give the same poses; the hypotheses and the
+spread are left as lifted. The frame rate (also a BVH's frame time) is `fps`, else the input's
+where it states one, else DEFAULT_FPS, said through on_note where it matters.
+
 Poses are root-relative (the pelvis at 0) in the camera frame of the training data (x right, y
 down, z forward), in metres. The model (engine.Lifter) is wrapped, not copied.
 """
@@ -30,6 +36,7 @@ from .keypoints import (COCO_TO_H36M17, DETECTOR_TO_COCO17, InputPlan, KeypointE
                         PreparedChunk, check_conversion, check_keypoints, iter_chunks, parse_person, prepare_chunk,
                         read_keypoints, resolve_layout, unit_square_to_pixels)
 from .keypoints.checks import _frames_text
+from .smoothing import SMOOTHERS
 
 if TYPE_CHECKING:
     import torch
@@ -80,12 +87,14 @@ class Lifted:
 
     def save(self, path: Union[str, Path]) -> Path:
         """Write to .npz or .json (the `diffupose lift` output, read back by
-        diffupose.keypoints.read_lift_output and drawn by `diffupose viz`), or to a format of
-        `diffupose.keypoints.writers.CLIP_WRITERS`. The file appears complete or not at all."""
+        diffupose.keypoints.read_lift_output and drawn by `diffupose viz`), .bvh or .csv (the
+        aggregate only: diffupose/export.py; the BVH's frame time from settings["fps"]), or to a
+        format of `diffupose.keypoints.writers.CLIP_WRITERS`. The file appears complete or not at all."""
         from .keypoints import LiftWriter, check_output_path
         from .keypoints.writers import CLIP_WRITERS, output_formats
 
         out = check_output_path(path, formats=output_formats())
+        check_output_skeleton(out, self.joint_names, self.parents)
         clip_writer = CLIP_WRITERS.get(out.suffix.lower())
         if clip_writer is not None:
             clip_writer(self, out)
@@ -229,6 +238,18 @@ def unreliable_text(count: int, total: int, first: Sequence[int], frame_ids) -> 
             f"{which}; their poses are guesses, whatever their spread: see `unreliable` in the output")
 
 
+def check_output_skeleton(path: Union[str, Path], joint_names: Sequence[str], parents: Sequence[int]) -> None:
+    """A .bvh output needs a skeleton diffupose.export has a rest pose for; LiftError (one line) if not."""
+    if Path(path).suffix.lower() != ".bvh":
+        return
+    from .export import check_bvh_skeleton
+
+    try:
+        check_bvh_skeleton(joint_names, parents)
+    except ValueError as e:
+        raise LiftError(f"output {path}: {e}") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------
@@ -350,8 +371,9 @@ def sha256_of(path: Path) -> str:
 def load_lifter(checkpoint: Optional[Union[str, Path]] = None, *, device="auto", hypotheses: int = 10,
                 steps: Optional[int] = None, sampler: str = "ddim", flip: bool = False, aggregate: str = "mean",
                 seed: int = 0, batch_size: Optional[int] = None, backend: str = "auto", dtype: str = "fp32",
-                on_note: Optional[Callable[[str], None]] = None, _shipped: Path = DEFAULT_CHECKPOINT
-                ) -> "PoseLifter":
+                smooth: str = "none", fps: Optional[float] = None, smooth_min_cutoff: Optional[float] = None,
+                smooth_beta: Optional[float] = None, on_note: Optional[Callable[[str], None]] = None,
+                _shipped: Path = DEFAULT_CHECKPOINT) -> "PoseLifter":
     """A `PoseLifter` for a checkpoint: None for the shipped CMU-trained GCN, or the stem / folder /
     .safetensors / .json of one written by diffupose training.
 
@@ -360,9 +382,15 @@ def load_lifter(checkpoint: Optional[Union[str, Path]] = None, *, device="auto",
     aggregate: 'mean' or 'median' of the hypotheses; seed: the same seed and settings give the same
     poses; batch_size: frames per denoiser call (default 1024 on CUDA, 256 on CPU); backend:
     'auto' (the fastest kernels that run here) or reference / cpu / cuda / triton; dtype: 'fp32',
-    'bf16', 'fp16' (the denoiser's activations); on_note: called with notes (a backend fallback)."""
+    'bf16', 'fp16' (the denoiser's activations); smooth: 'none' or 'oneeuro' (the One Euro filter
+    on the aggregate pose of a video, per joint, causal: never for unrelated images), with
+    smooth_min_cutoff (Hz, default diffupose.smoothing.DEFAULT_MIN_CUTOFF) and smooth_beta (Hz per
+    m/s, DEFAULT_BETA); fps: the video's frame rate, for smoothing and a BVH's frame time (default:
+    the input's where it states one, else diffupose.export.DEFAULT_FPS); on_note: called with notes
+    (a backend fallback, an assumed frame rate)."""
     from .engine import AGGREGATES, SAMPLERS, Lifter
     from .ops.backend import BACKENDS
+    from .smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF
 
     for name, v in (("hypotheses", hypotheses), ("steps", steps if steps is not None else 1),
                     ("batch_size", batch_size if batch_size is not None else 1)):
@@ -372,6 +400,15 @@ def load_lifter(checkpoint: Optional[Union[str, Path]] = None, *, device="auto",
                              ("backend", backend, BACKENDS)):
         if v not in allowed:
             raise LiftError(f"{name} {v!r}: expected one of {', '.join(allowed)}")
+    if smooth not in SMOOTHERS:
+        raise LiftError(f"smooth {smooth!r}: expected one of {', '.join(SMOOTHERS)}")
+    min_cutoff = DEFAULT_MIN_CUTOFF if smooth_min_cutoff is None else smooth_min_cutoff
+    beta = DEFAULT_BETA if smooth_beta is None else smooth_beta
+    for name, v, zero_ok in (("fps", 1.0 if fps is None else fps, False), ("smooth_min_cutoff", min_cutoff, False),
+                             ("smooth_beta", beta, True)):
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and
+                (v >= 0 if zero_ok else v > 0)):
+            raise LiftError(f"{name} must be a {'number >= 0' if zero_ok else 'positive number'}, got {v!r}")
     note = on_note or (lambda s: None)
     dev = resolve_device(device)
     tdtype = torch_dtype(dtype)
@@ -385,18 +422,52 @@ def load_lifter(checkpoint: Optional[Union[str, Path]] = None, *, device="auto",
                     batch_frames=batch, dtype=tdtype, seed=seed, backend=chosen, device=dev)
     settings = {"hypotheses": hypotheses, "steps": k if sampler == "ddim" else diffusion.cfg.T, "sampler": sampler,
                 "flip": flip, "aggregate": aggregate, "seed": seed, "batch_size": batch, "device": str(dev),
-                "backend": chosen, "backend_requested": backend, "dtype": dtype, "cuda_graph": engine.use_graph}
-    return PoseLifter(engine, config, wpath, settings)
+                "backend": chosen, "backend_requested": backend, "dtype": dtype, "cuda_graph": engine.use_graph,
+                "smooth": ({"filter": smooth, "min_cutoff_hz": float(min_cutoff), "beta": float(beta),
+                            "d_cutoff_hz": DEFAULT_D_CUTOFF} if smooth != "none" else {"filter": "none"})}
+    return PoseLifter(engine, config, wpath, settings, fps=None if fps is None else float(fps), on_note=note)
 
 
 class PoseLifter:
     """A loaded model with its sampling settings (`load_lifter`); `lift` turns 2D keypoints into 3D
     poses. `engine` is the diffupose.engine.Lifter it wraps; `settings` what it samples with."""
 
-    def __init__(self, engine, config: dict, weights_path: Path, settings: dict):
+    def __init__(self, engine, config: dict, weights_path: Path, settings: dict, fps: Optional[float] = None,
+                 on_note: Optional[Callable[[str], None]] = None):
         self.engine, self.config, self.weights_path, self.settings = engine, config, Path(weights_path), settings
+        self.settings.setdefault("smooth", {"filter": "none"})
+        self.fps = fps  # None: the input's, else DEFAULT_FPS (video_fps)
+        self._note = on_note or (lambda s: None)
         self.skeleton = engine.skeleton
         self._sha256: Optional[str] = None
+
+    @property
+    def smoothing(self) -> bool:
+        return self.settings["smooth"]["filter"] != "none"
+
+    def video_fps(self, inp: LiftInput) -> tuple[float, str]:
+        """(frames per second, where it came from: "given", "input" or "assumed") for this input."""
+        from .export import DEFAULT_FPS
+
+        if self.fps is not None:
+            return self.fps, "given"
+        if getattr(inp.kp, "fps", None):
+            return float(inp.kp.fps), "input"
+        return DEFAULT_FPS, "assumed"
+
+    def _say_fps(self, inp: LiftInput, bvh: bool = False) -> Optional[str]:
+        """The note that the frame rate is assumed, where it matters (smoothing, a BVH's frame time)."""
+        fps, source = self.video_fps(inp)
+        if source != "assumed" or not (self.smoothing or bvh):
+            return None
+        text = f"assuming {fps:g} frames/s (give the video's: --fps, or load_lifter(fps=...))"
+        self._note(text)
+        return text
+
+    def check_output(self, path: Union[str, Path]) -> None:
+        """Refuse an output this model's poses cannot be written to (a BVH of a skeleton without a
+        rest pose in diffupose.export); LiftError, one line."""
+        check_output_skeleton(path, self.joint_names, self.skeleton.parents)
 
     @property
     def joint_names(self) -> tuple[str, ...]:
@@ -426,11 +497,18 @@ class PoseLifter:
     def iter_lift(self, inp: LiftInput) -> Iterator[tuple[np.ndarray, PreparedChunk, dict]]:
         """(input frame indices, the prepared 2D chunk, {"pose3d", "hypotheses", "spread"} as numpy
         in metres) per batch of frames: what `lift` collects and `diffupose lift` streams to disk.
-        Every call starts the noise from the seed: the same input gives the same poses each time."""
+        Every call starts the noise from the seed: the same input gives the same poses each time.
+        With smoothing (load_lifter's smooth) "pose3d" is the smoothed aggregate: the filter starts
+        fresh each call and carries its state from batch to batch (frames left out are longer steps)."""
         import torch
+
+        from .smoothing import OneEuroFilter
 
         self.check_input(inp)
         self.engine.reseed(self.settings["seed"])
+        sm = self.settings["smooth"]
+        smoother = OneEuroFilter(self.video_fps(inp)[0], min_cutoff=sm["min_cutoff_hz"], beta=sm["beta"],
+                                 d_cutoff=sm["d_cutoff_hz"]) if self.smoothing else None
         skel = self.skeleton
         plan = inp.plan
         for s, e in iter_chunks(len(plan.frames), self.engine.batch_frames):
@@ -443,8 +521,10 @@ class PoseLifter:
                 raise LiftError("the model produced NaN or infinite poses"
                                 + (f" in {dtype}; try --dtype fp32" if dtype != "fp32" else
                                    "; the checkpoint may be broken"))
-            yield idx, c, {"pose3d": r.mean.float().cpu().numpy(), "hypotheses": hyp.numpy(),
-                           "spread": r.spread.float().cpu().numpy()}
+            agg = r.mean.float().cpu().numpy()  # root-relative, median if asked
+            if smoother is not None:  # the aggregate only; its state runs on across batches
+                agg = smoother(agg, idx).astype(np.float32)
+            yield idx, c, {"pose3d": agg, "hypotheses": hyp.numpy(), "spread": r.spread.float().cpu().numpy()}
 
     def meta(self, inp: LiftInput) -> dict:
         """What an output file records: units, the arrays, the input, the settings, the checkpoint."""
@@ -456,6 +536,7 @@ class PoseLifter:
         mapping, mapping_note = mapping_of(inp.layout, skel.name)
         if self._sha256 is None:
             self._sha256 = sha256_of(self.weights_path)
+        fps, fps_source = self.video_fps(inp)
         return {
             "format": "diffupose-lift", "diffupose_version": __version__,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -463,7 +544,9 @@ class PoseLifter:
             "frame": "camera frame of the training data (x right, y down, z forward); root-relative: each "
                      f"hypothesis is translated so that its root joint ({skel.joints[root]}) is at 0",
             "arrays": {
-                "pose3d": "[F, J, 3] the aggregate of the hypotheses",
+                "pose3d": "[F, J, 3] the aggregate of the hypotheses" + (
+                    f", smoothed over time ({self.settings['smooth']['filter']}: settings.smooth)"
+                    if self.smoothing else ""),
                 "hypotheses": "[F, N, J, 3]",
                 "spread": "[F, J] RMS distance of the hypotheses from their mean, per joint",
                 "weak": f"[F, J] detector score below min_score ({inp.min_score}), undetected (2D at pixel 0,0) or "
@@ -490,7 +573,7 @@ class PoseLifter:
                 "undetected_joints": plan.missing_joints, "off_image_joints": plan.off_image_joints,
                 "mapping": mapping, "mapping_note": mapping_note,
             },
-            "settings": dict(self.settings),
+            "settings": {**self.settings, "fps": fps, "fps_source": fps_source},
             "checkpoint": {
                 "path": str(self.weights_path.resolve()), "weights_sha256": self._sha256,
                 **{k: self.config.get(k) for k in ("model", "diffusion", "skeleton", "dataset", "training",
@@ -507,10 +590,12 @@ class PoseLifter:
         from .keypoints.writers import CLIP_WRITERS
 
         out = Path(path)
+        self.check_output(out)
+        self._say_fps(inp, bvh=out.suffix.lower() == ".bvh")
         t0 = time.perf_counter()
         clip_writer = CLIP_WRITERS.get(out.suffix.lower())
         if clip_writer is not None:  # a format written from the whole clip at once
-            res = self.lift_input(inp, warn=False)
+            res = self.lift_input(inp, warn=False, _say_fps=False)
             clip_writer(res, out)
             bad = np.flatnonzero(res.unreliable)
             return LiftSummary(inp.frames, float(res.spread.sum()), int(res.weak.sum()), len(bad),
@@ -540,8 +625,9 @@ class PoseLifter:
         sm.seconds = time.perf_counter() - t0
         return sm
 
-    def lift_input(self, inp: LiftInput, warn: bool = True) -> Lifted:
+    def lift_input(self, inp: LiftInput, warn: bool = True, _say_fps: bool = True) -> Lifted:
         """Lift an input `read_input` checked; the whole clip in memory (the CLI streams instead)."""
+        fps_note = self._say_fps(inp) if _say_fps else None
         parts = {k: [] for k in ("pose3d", "hypotheses", "spread", "weak", "unreliable", "keypoints2d", "pose2d",
                                  "score", "frame_index")}
         for idx, c, r in self.iter_lift(inp):
@@ -562,9 +648,11 @@ class PoseLifter:
         if warn:
             for w in out_warnings:
                 warnings.warn(w, stacklevel=3)
+        meta = self.meta(inp)
         return Lifted(**arr, frame_ids=None if ids is None else np.asarray(ids)[arr["frame_index"]],
                       joint_names=self.joint_names, parents=tuple(self.skeleton.parents),
-                      settings=dict(self.settings), meta=self.meta(inp), notes=list(inp.notes),
+                      settings=dict(meta["settings"]), meta=meta,
+                      notes=list(inp.notes) + ([fps_note] if fps_note else []),
                       warnings=out_warnings, _input_frame_ids=ids)
 
 

@@ -82,6 +82,13 @@ def _finite_float(text: str) -> float:
     return v
 
 
+def _nonneg_float(text: str) -> float:
+    v = _finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return v
+
+
 class _Formatter(argparse.HelpFormatter):
     """Wraps prose paragraphs but keeps indented lines (the examples) as written; shows an
     option's default where it has one."""
@@ -189,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "unreliable [F] (a frame with an undetected or off-image joint, or with more than half its "
                     "joints weak: its pose is a guess), pose2d (the model's "
                     "normalised input), keypoints2d, frame_index (input frame of each row), joint_names, and meta "
-                    "(settings, input, checkpoint).",
+                    "(settings, input, checkpoint). A .bvh or .csv output holds the aggregate pose only: a BVH "
+                    "skeleton (median bone lengths, rotations solved from the positions) or one column per "
+                    "joint coordinate (pelvis_x, pelvis_y, ...).",
         epilog="examples:\n"
                "  # COCO results from a detector, pixels of a 1920 x 1080 video\n"
                "  diffupose lift keypoints.json --image-size 1920 1080 -o poses.npz\n"
@@ -197,12 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
                "  diffupose lift kp.npy --layout h36m17 --image-size 1000 1000 -n 20 --flip --device cuda \\\n"
                "      -o poses.npz\n"
                "  # already screen-normalised coordinates, frames without a person left out\n"
-               "  diffupose lift kp.csv --layout coco17 --normalized --skip-empty -o poses.json")
+               "  diffupose lift kp.csv --layout coco17 --normalized --skip-empty -o poses.json\n"
+               "  # a 30 frames/s video, smoothed, to an animation tool\n"
+               "  diffupose lift keypoints.json --image-size 1920 1080 --smooth oneeuro --fps 30 -o poses.bvh")
     lift.add_argument("input", metavar="KEYPOINTS",
                       help="2D keypoints: .json (COCO, COCO-WholeBody, OpenPose or MediaPipe), a folder of OpenPose "
                            "*_keypoints.json, .npy, .npz or .csv (MediaPipe's named columns too)")
     lift.add_argument("-o", "--output", required=True, metavar="OUT",
-                      help="where to write the result: .npz (compact, any length) or .json")
+                      help="where to write the result: .npz (compact, any length) or .json (everything); .bvh "
+                           "(a skeleton of the clip's median bone lengths and its joint rotations, for animation "
+                           "tools) or .csv (frame, pelvis_x, pelvis_y, ..., unreliable): the aggregate pose only")
     g = lift.add_argument_group("input")
     from .keypoints import LAYOUTS, PERSON_HELP
 
@@ -229,6 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--person", metavar="WHO", default="auto", help=PERSON_HELP)
     g.add_argument("--key", metavar="NAME", default=None,
                    help="the array to read from an .npz holding several (default: 'keypoints' or the only one)")
+    from .smoothing import DEFAULT_BETA, DEFAULT_MIN_CUTOFF, SMOOTHERS
+
+    v = lift.add_argument_group("video")
+    v.add_argument("--smooth", choices=SMOOTHERS, default="none",
+                   help="temporal filter on the aggregate pose of a video, per joint (oneeuro: the One Euro filter, "
+                        "causal, little lag in fast motion); never for unrelated images. The hypotheses and the "
+                        "spread are left as lifted")
+    v.add_argument("--fps", type=_positive_float, default=None,
+                   help="frame rate of the video, for --smooth and the BVH frame time (default: the input's, where "
+                        "it states one, else 30)")
+    v.add_argument("--smooth-min-cutoff", type=_positive_float, default=DEFAULT_MIN_CUTOFF, metavar="HZ",
+                   help="One Euro: the cut-off at rest (lower: smoother, more lag)")
+    v.add_argument("--smooth-beta", type=_nonneg_float, default=DEFAULT_BETA, metavar="B",
+                   help="One Euro: how fast the cut-off rises with a joint's speed, Hz per m/s (higher: less lag)")
     _add_model_options(lift, "model checkpoint: <stem>.safetensors + <stem>.json, the stem, or a folder with "
                              "model.*; default: the shipped CMU-trained GCN (diffupose/assets/checkpoints/cmu_gcn)")
     lift.add_argument("-q", "--quiet", action="store_true",
@@ -240,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
         "viz", formatter_class=_Formatter, help="draw the 2D input beside the 3D hypotheses (PNG, GIF, MP4)",
         description="Draw what `diffupose lift` wrote: the 2D keypoints (weak joints marked) beside the 3D "
                     "hypotheses (faint), their aggregate (bold) and the per-joint spread (joint colour). One frame "
-                    "to an image (.png, .jpg, .pdf, .svg), or a clip to .gif (Pillow) or .mp4 (needs ffmpeg).",
+                    "to an image (.png, .jpg, .pdf, .svg), or a clip to .gif (Pillow) or .mp4 (ffmpeg: on PATH, or the "
+                    "imageio-ffmpeg package's: pip install imageio-ffmpeg).",
         epilog="examples:\n"
                "  diffupose viz poses.npz -o frame.png --frame 42\n"
                "  diffupose viz poses.npz -o clip.gif --start 0 --stop 200 --step 2 --fps 12\n"
@@ -450,8 +478,9 @@ def cmd_lift(args) -> int:
         report.warn(w)
     lifter = load_lifter(args.checkpoint, device=args.device, hypotheses=args.hypotheses, steps=args.steps,
                          sampler=args.sampler, flip=args.flip, aggregate=args.aggregate, seed=args.seed,
-                         batch_size=args.batch_size, backend=args.backend, dtype=args.dtype, on_note=report.note,
-                         _shipped=DEFAULT_CHECKPOINT)
+                         batch_size=args.batch_size, backend=args.backend, dtype=args.dtype, smooth=args.smooth,
+                         fps=args.fps, smooth_min_cutoff=args.smooth_min_cutoff, smooth_beta=args.smooth_beta,
+                         on_note=report.note, _shipped=DEFAULT_CHECKPOINT)
     lifter.check_input(inp)
     sm = lifter.lift_to_file(inp, out, progress=not args.quiet)
     if sm.removed_stale:
@@ -489,8 +518,8 @@ def cmd_viz(args) -> int:
     if not rows:
         raise CliError(f"no rows to draw: --start {args.start} --stop {stop} --step {args.step} of {F} rows")
     if ext == ".mp4" and not viz.ffmpeg_available():
-        raise CliError("writing .mp4 needs ffmpeg, which is not on PATH; write a .gif instead (-o clip.gif) "
-                       "or install ffmpeg")
+        raise CliError("writing .mp4 needs ffmpeg, which is not on PATH, nor the imageio-ffmpeg package that "
+                       "ships one; `pip install imageio-ffmpeg` (or diffupose[video]), or write a .gif (-o clip.gif)")
     if ext == ".gif" and len(rows) > viz.MAX_GIF_FRAMES:
         raise CliError(f"a GIF of {len(rows)} frames is held in memory while written; keep it under "
                        f"{viz.MAX_GIF_FRAMES} with --start/--stop/--step, or write .mp4 (ffmpeg)")

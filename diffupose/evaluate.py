@@ -384,3 +384,32 @@ def aggregate_report(model: nn.Module, diffusion: Diffusion, val, test, *, n_max
             "coverage_per_joint": agg.coverage(e_test, s_test * k_joint),
             "spearman_per_joint": agg.spearman(s_test * k_joint, e_test)}
     return out
+
+
+def clip_labels(poses) -> np.ndarray:
+    """[N] one label per row of a PoseSet naming its clip and camera: rows of a video share one."""
+    cam = np.asarray(poses.camera).astype(str)
+    return np.char.add(np.char.add(np.char.add(np.asarray(poses.subject), "|"), np.asarray(poses.clip)),
+                       np.char.add("|", cam))
+
+
+def smoothing_rows(model: nn.Module, diffusion: Diffusion, test, fps: float, settings: Sequence[tuple[float, float]],
+                   *, n_hyp: int = 10, steps: int = 5, seed: int = 0, device=None, backend=None,
+                   progress: bool = False) -> list[dict]:
+    """The One Euro filter on the aggregate of each clip of `test` (a PoseSet of videos, rows of a
+    clip in time order): MPJPE (mm) and acceleration error (mm / frame^2) without it (the first
+    row, min_cutoff None) and with each (min_cutoff Hz, beta per m/s) of `settings`. The poses are
+    lifted once, from the 2D alone; the filter never sees the ground truth."""
+    from .metrics import acceleration_error, mpjpe
+    from .smoothing import smooth_clips
+
+    pred = predict(model, diffusion, test, n_hyp=n_hyp, steps=steps, seed=seed, device=device, backend=backend,
+                   progress=progress, keep_hypotheses=False).mean
+    clips = clip_labels(test)
+    rows = [{"min_cutoff": None, "beta": None, "mpjpe": mpjpe(pred, test.pose3d),
+             "accel": acceleration_error(pred, test.pose3d, clips)}]
+    for min_cutoff, beta in settings:
+        smooth = smooth_clips(pred, clips, fps, min_cutoff=min_cutoff, beta=beta)
+        rows.append({"min_cutoff": min_cutoff, "beta": beta, "mpjpe": mpjpe(smooth, test.pose3d),
+                     "accel": acceleration_error(smooth, test.pose3d, clips)})
+    return rows

@@ -9,6 +9,8 @@ float arrays) in millimetres. All arithmetic is float64 numpy.
   the SVD solution is corrected to a proper rotation (det = +1).
 - Per action (VideoPose3D's protocol): each action's error averaged over its frames, then the
   plain mean over actions ("Avg").
+- Acceleration error: the second difference of the poses over time against the ground truth's
+  (mm per frame squared), per clip: the jitter of a video lift.
 - Oracle best-of-N: per frame, the hypothesis closest to the ground truth. It needs the ground
   truth to choose, so it is a bound, not a prediction: it is only ever reported in rows whose
   name contains "oracle", and nothing here uses it to choose the prediction of another row.
@@ -109,6 +111,24 @@ def mpjpe(pred, gt) -> float:
 def p_mpjpe(pred, gt) -> float:
     """Procrustes-aligned MPJPE, mm, over all frames and joints."""
     return float(p_mpjpe_per_frame(pred, gt).mean())
+
+
+def acceleration_error(pred, gt, clip_ids=None) -> float:
+    """Acceleration error, mm per frame squared, as video pose papers report it (HMMR, VIBE): the
+    mean over frames and joints of |a_pred - a_gt|, a = p[t+1] - 2 p[t] + p[t-1] per joint. pred,
+    gt [F, J, 3], rows in time order; clip_ids [F] labels each row's clip (rows of a clip
+    consecutive): no difference spans two clips. Measures jitter, which MPJPE hardly sees."""
+    p, g = _pair(pred, gt)
+    if p.ndim != 3:
+        raise ValueError(f"acceleration_error: expected [frames, J, 3], got {p.shape}")
+    ids = np.zeros(len(p), dtype=np.int64) if clip_ids is None else np.asarray(clip_ids)
+    if ids.shape != (len(p),):
+        raise ValueError(f"acceleration_error: {ids.shape} clip ids for {len(p)} frames")
+    same = (ids[2:] == ids[1:-1]) & (ids[1:-1] == ids[:-2])  # the three frames of a difference in one clip
+    if not same.any():
+        raise ValueError("acceleration_error: no clip has three frames")
+    acc = lambda x: x[2:] - 2.0 * x[1:-1] + x[:-2]  # noqa: E731
+    return float(_joint_distance(acc(p)[same], acc(g)[same]).mean() * MM)
 
 
 def oracle_per_frame(hypotheses, gt) -> tuple[np.ndarray, np.ndarray]:

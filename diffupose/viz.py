@@ -6,7 +6,8 @@ in the camera frame turned so that up is up (plotted x, z, -y).
 
 Matplotlib's object API with the Agg canvas only (no pyplot), so importing this module never
 changes the backend of a user's session. One frame to an image; a clip to GIF (Pillow) or MP4
-(ffmpeg), drawn frame by frame into the writer.
+(ffmpeg: a system one, or the binary of the optional imageio-ffmpeg package), drawn frame by frame
+into the writer.
 """
 from __future__ import annotations
 
@@ -30,11 +31,25 @@ MAX_KEYPOINT_2D = 1e6  # pixels or normalised screen units
 LEFT, RIGHT, CENTRE = "#1f77b4", "#d62728", "#444444"
 
 
-def ffmpeg_available() -> bool:
+def ffmpeg_path() -> Optional[str]:
+    """The ffmpeg that writes MP4: matplotlib's setting or the one on PATH, else the binary the
+    imageio-ffmpeg package ships (`pip install diffupose[video]`: no system ffmpeg needed)."""
     from matplotlib import rcParams
 
-    path = rcParams.get("animation.ffmpeg_path", "ffmpeg")
-    return shutil.which(path) is not None
+    found = shutil.which(rcParams.get("animation.ffmpeg_path", "ffmpeg"))
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception:  # noqa: BLE001 - not installed, or its binary missing for this platform
+        return None
+    return exe if exe and os.path.isfile(exe) else None
+
+
+def ffmpeg_available() -> bool:
+    return ffmpeg_path() is not None
 
 
 def _bones(names: Sequence[str], parents: Sequence[int]) -> list[tuple[int, int, str]]:
@@ -196,7 +211,10 @@ def save_clip(res: LiftOutput, rows: Sequence[int], path, *, fps: float = 25.0, 
     writer = PillowWriter(fps=fps) if path.suffix.lower() == ".gif" else FFMpegWriter(fps=fps)
     from tqdm.auto import tqdm
 
-    with _atomic(path) as tmp, writer.saving(painter.fig, str(tmp), dpi):
+    from matplotlib import rc_context
+
+    mp4 = {} if path.suffix.lower() == ".gif" else {"animation.ffmpeg_path": ffmpeg_path() or "ffmpeg"}
+    with rc_context(mp4), _atomic(path) as tmp, writer.saving(painter.fig, str(tmp), dpi):
         for row in tqdm(rows, unit="frame", desc="drawing", leave=False, disable=None if progress else True):
             painter.draw(row)
             writer.grab_frame()

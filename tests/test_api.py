@@ -105,6 +105,10 @@ def test_array_with_scores_is_the_three_channel_array(lifter):
     (lambda L, xy: diffupose.load_lifter(hypotheses=0), "hypotheses must be a whole number >= 1"),
     (lambda L, xy: diffupose.load_lifter("/nonexistent/model"), "checkpoint not found"),
     (lambda L, xy: diffupose.load_lifter(device="tpu"), "--device 'tpu' is not a torch device"),
+    (lambda L, xy: diffupose.load_lifter(smooth="kalman"), "smooth 'kalman': expected one of none, oneeuro"),
+    (lambda L, xy: diffupose.load_lifter(smooth="oneeuro", fps=0), "fps must be a positive number"),
+    (lambda L, xy: diffupose.load_lifter(smooth="oneeuro", smooth_beta=-1), "smooth_beta must be a number >= 0"),
+    (lambda L, xy: api.check_output_skeleton("p.bvh", ("pelvis", "tail"), (-1, 0)), "output p.bvh: BVH export"),
 ])
 def test_refusals_are_one_line_value_errors(lifter, call, match):
     with pytest.raises(ValueError) as e:
@@ -130,7 +134,7 @@ def test_warnings_are_issued_and_kept(lifter):
 
 def test_clip_writers_hook(tmp_path, lifter, monkeypatch, capsys):
     """A format registered in keypoints.writers.CLIP_WRITERS is written by Lifted.save and by
-    `diffupose lift -o OUT.<suffix>` from the whole clip (where BVH / CSV writers plug in)."""
+    `diffupose lift -o OUT.<suffix>` from the whole clip."""
     got = []
 
     def fake_writer(res, path):
@@ -151,5 +155,40 @@ def test_clip_writers_hook(tmp_path, lifter, monkeypatch, capsys):
     assert got == [((8, 17, 3), ".fake")] * 2 and (tmp_path / "b.fake").read_text() == "ok"
     with pytest.raises(ValueError, match="written by LiftWriter"):
         W.register_clip_writer(".npz", fake_writer)
-    with pytest.raises(KeypointError, match="unknown format '.bvh'"):
-        res.save(tmp_path / "a.bvh")
+    with pytest.raises(KeypointError, match="unknown format '.fbx'"):  # .bvh / .csv: LiftWriter (export.py)
+        res.save(tmp_path / "a.fbx")
+
+
+def test_smoothing_is_the_same_through_lift_save_and_lift_to_file(tmp_path, lifter):
+    """smooth= on load_lifter: the aggregate is filtered in iter_lift, batch by batch with the
+    filter's state carried across (batch_size 3: the same poses as filtering the whole clip at
+    once, frames left out by skip_empty being longer steps); lift(), Lifted.save and
+    lift_to_file agree; the hypotheses are left as lifted; the settings are recorded."""
+    from diffupose.export import DEFAULT_FPS
+    from diffupose.smoothing import OneEuroFilter
+
+    xy = coco_pixels(12)
+    xy[5] = 0  # no person: left out, a gap of two frame times
+    notes = []
+    smooth = diffupose.load_lifter(**FAST, batch_size=3, smooth="oneeuro", smooth_beta=1.0, on_note=notes.append)
+    raw = diffupose.load_lifter(**FAST, batch_size=3).lift(xy, layout="coco17", image_size=IMG, skip_empty=True)
+    res = smooth.lift(xy, layout="coco17", image_size=IMG, skip_empty=True)
+    assert 5 not in res.frame_index.tolist() and len(res.frame_index) == 11
+    np.testing.assert_array_equal(res.hypotheses, raw.hypotheses)
+    want = OneEuroFilter(DEFAULT_FPS, beta=1.0)(raw.pose3d, raw.frame_index).astype(np.float32)
+    np.testing.assert_array_equal(res.pose3d, want)
+    assert not np.array_equal(res.pose3d, raw.pose3d)
+    st = res.meta["settings"]
+    assert st["smooth"]["filter"] == "oneeuro" and st["smooth"]["beta"] == 1.0
+    assert (st["fps"], st["fps_source"]) == (DEFAULT_FPS, "assumed") and res.settings == st
+    assert any("assuming 30 frames/s" in n for n in notes) and any("assuming" in n for n in res.notes)
+    assert raw.meta["settings"]["smooth"] == {"filter": "none"}
+    inp = api.read_input(xy, layout="coco17", image_size=IMG, skip_empty=True)
+    smooth.lift_to_file(inp, tmp_path / "f.npz")
+    np.testing.assert_array_equal(read_lift_output(tmp_path / "f.npz").pose3d, res.pose3d)
+    smooth.lift_to_file(inp, tmp_path / "f.csv")
+    res.save(tmp_path / "s.csv")
+    assert (tmp_path / "f.csv").read_text() == (tmp_path / "s.csv").read_text()
+    given = diffupose.load_lifter(**FAST, smooth="oneeuro", fps=20).lift(xy[:4], layout="coco17", image_size=IMG)
+    assert (given.settings["fps"], given.settings["fps_source"]) == (20.0, "given")
+

@@ -1,5 +1,6 @@
 """Writing a lift's results: the output path checked before any work (`check_output_path`), and
-`LiftWriter`, which streams .npz / .json outputs batch by batch and makes them appear atomically;
+`LiftWriter`, which streams .npz / .json (and .bvh / .csv, diffupose/export.py) outputs batch by
+batch and makes them appear atomically;
 `remove_stale_temporaries` clears what a killed lift left.
 """
 from __future__ import annotations
@@ -17,11 +18,16 @@ import numpy as np
 from .errors import KeypointError, PathLike
 
 
-OUTPUT_FORMATS = (".npz", ".json")  # streamed by LiftWriter, whatever the length
+from ..export import EXPORT_FORMATS  # .bvh, .csv: the aggregate only, written by diffupose/export.py
+
+# Streamed by LiftWriter, whatever the length: .npz / .json as they come; .bvh / .csv through
+# memory-mapped temporaries, handed to diffupose/export.py at the end (the BVH needs the clip's
+# median bone lengths; export.py solves and writes it in chunks).
+OUTPUT_FORMATS = (".npz", ".json") + EXPORT_FORMATS
 # Formats written from a whole lifted clip (suffix -> writer(lifted: diffupose.api.Lifted, path)):
-# the hook for writers that need every frame at once (BVH: bone lengths over the clip; a CSV of
-# named columns). A writer makes its file appear complete or not at all. `diffupose lift -o X.suffix`
-# and `Lifted.save` dispatch on the suffix.
+# the hook for writers that need every field of every frame in memory at once. A writer makes its
+# file appear complete or not at all. `diffupose lift -o X.suffix` and `Lifted.save` dispatch on
+# the suffix.
 CLIP_WRITERS: dict = {}
 
 
@@ -214,11 +220,19 @@ class LiftWriter:
         if self.json:
             self._f.write("\n ]\n}\n")
             self._f.close()
+        elif self.path.suffix.lower() in EXPORT_FORMATS:  # for animation and analysis tools: the aggregate
+            from ..export import DEFAULT_FPS, write_export
+
+            a = self.arrays
+            write_export(self._final_tmp, pose3d=a["pose3d"], joint_names=self.joint_names,
+                         parents=self.meta["parents"], fps=self.meta.get("settings", {}).get("fps") or DEFAULT_FPS,
+                         frame_index=a["frame_index"], unreliable=a["unreliable"])
         else:
             extra = {"joint_names": np.array(self.joint_names), "meta": np.array(json.dumps(self.meta))}
             if self.frame_ids is not None:
                 extra["frame_id"] = np.asarray(self.frame_ids)[self.arrays["frame_index"]]
             np.savez(self._final_tmp, **self.arrays, **extra)
+        if not self.json:
             for m in self.arrays.values():
                 m._mmap.close()
             self.arrays = {}
