@@ -41,7 +41,7 @@ from .smoothing import SMOOTHERS
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "checkpoints" / "cmu_gcn"
+from .checkpoint import DEFAULT_CHECKPOINT  # noqa: E402 (re-exported: the API's default)
 TRAIN_HINT = "python train/h36m.py --dataset cmu --out runs/cmu"  # writes runs/cmu/model.{safetensors,json}
 DTYPES = ("fp32", "bf16", "fp16")
 DEFAULT_STEPS = 5

@@ -27,6 +27,8 @@ from .model import ModelConfig, build_model
 
 FORMAT = "diffupose-checkpoint"
 VERSION = 1
+# the shipped checkpoint (trained on the embedded CMU set): the default of lift, eval, demo, bench
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "checkpoints" / "cmu_gcn"
 PathLike = Union[str, Path]
 
 

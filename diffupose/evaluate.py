@@ -282,7 +282,7 @@ def write_results_json(path, doc: dict) -> None:
     atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
 
 
-DEFAULT_CHECKPOINT = __import__("pathlib").Path(__file__).resolve().parent / "assets" / "checkpoints" / "cmu_gcn"
+from .checkpoint import DEFAULT_CHECKPOINT  # noqa: E402,F401 (re-exported: bench/smoothing.py, tests)
 
 
 def table6(args, device) -> list[dict]:
