@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .diffusion import Diffusion, check_pose2d
-from .ops.sample import center_on_root, fused_sampler_available
+from .ops.sample import center_on_root, fused_sampler_available, state_key
 from .ops.sample import sample as fused_sample
 from .skeleton import Skeleton
 
@@ -54,12 +54,6 @@ def frame_bucket(frames: int, batch_frames: int) -> int:
     batch_frames (full batches are batch_frames). Graphs (and the noise counters, eager or not)
     are per bucket, so clips of any length share a handful of graphs."""
     return min(batch_frames, 1 << max(0, frames - 1).bit_length())
-
-
-def model_state_key(model: nn.Module) -> tuple:
-    """Changes whenever a parameter or buffer is updated in place (its version counter), replaced
-    (its address) or moved: a captured graph reads them, and the caches made from them, by address."""
-    return tuple((t._version, t.data_ptr(), t.device) for t in (*model.parameters(), *model.buffers()))
 
 
 def inference_cache_refs(model: nn.Module) -> list:
@@ -198,7 +192,7 @@ class Lifter:
                 tuple(sorted(self.diffusion.cfg.to_dict().items())))
 
     def _loop_for(self, frames: int) -> _CapturedLoop:
-        model_key = model_state_key(self.model)
+        model_key = state_key(self.model)  # a graph reads parameters and caches by address
         if model_key != self._graphs_model_key:  # parameters changed: every graph reads stale or freed memory
             self._graphs.clear()
             self._graphs_model_key = model_key

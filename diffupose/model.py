@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .layers import NORMS, FiLM, ModulatedGraphConv, TimestepEmbedding, autocast_dtype
 from .ops.mgcn import ACTIVATIONS
+from .ops.sample import state_key
 from .skeleton import SKELETONS, Skeleton, get_skeleton
 from .validate import one_of, whole_number
 
@@ -156,7 +157,7 @@ class GCNDenoiser(nn.Module):
         changes (diffupose/engine.py)."""
         cacheable = isinstance(t, int) and not torch.is_grad_enabled()
         if cacheable:
-            key = (device, _versions(self.temb), _versions(self.net.films))
+            key = (device, state_key(self.temb, self.net.films))
             hit = self._cond_cache.get((t, dtype))
             if hit is not None and hit[0] == key:
                 return hit[1]
@@ -264,10 +265,6 @@ class UNetDenoiser(nn.Module):
             h = act(lin(torch.cat([h, skips.pop()], -1)) * (1 + ss[:, 0]) + ss[:, 1])
         o = self.out(torch.cat([h, skips.pop()], -1)).view(B, J, 5)
         return o[..., :3], o[..., 3:]
-
-
-def _versions(module: nn.Module) -> tuple:
-    return tuple((p._version, p.data_ptr()) for p in module.parameters())
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -63,8 +63,10 @@ def _convs(model: nn.Module) -> list:
     return model.net.layers()
 
 
-def _key(modules) -> tuple:
-    # parameters and buffers (a batch norm's running statistics are folded into the packed weights)
+def state_key(*modules: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer of the modules is updated in place (its version
+    counter), replaced (its address) or moved: what is derived from them (packed weights, a batch
+    norm's statistics folded in; a captured CUDA graph, which reads them by address) is stale."""
     return tuple((t._version, t.data_ptr(), t.device) for m in modules for t in (*m.parameters(), *m.buffers()))
 
 
@@ -78,7 +80,7 @@ def pack_weights(model: nn.Module) -> list[Tensor]:
     GCNBackbone.inference_layers (a batch norm folded into w and bias), the out layer cut to the eps
     channels; cached until a parameter or buffer of the convolutions changes."""
     convs = _convs(model)
-    key = _key(convs)
+    key = state_key(*convs)
     hit = _packed.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -97,7 +99,7 @@ def pack_weights(model: nn.Module) -> list[Tensor]:
 def film_table(model: nn.Module, timesteps: list[int], device) -> Tensor:
     """The blocks' scale-shifts of every step [steps, blocks, 2, d] float32, from the model's own
     time_conditioning; cached per timestep list until the embedding or FiLM weights change."""
-    key = (tuple(timesteps), _key([model.temb, model.net.films]), device)
+    key = (tuple(timesteps), state_key(model.temb, model.net.films), device)
     cache = _films.setdefault(model, {})
     hit = cache.get(key[0])
     if hit is not None and hit[0] == key:
