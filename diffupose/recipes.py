@@ -1,8 +1,8 @@
 """Training recipes and the training command line shared by train/h36m.py and train/humaneva.py.
 
 Defaults are the paper's recipe (Adam, lr 4e-5, decay 0.995 per epoch, batch 1024, 200 epochs,
-flip augmentation, cosine schedule with T = 100, d_m 256). `--dataset cmu` switches to a recipe
-sized for the embedded CMU set on a CPU (minutes); every value can still be overridden.
+flip augmentation, cosine schedule with T = 100, d_m 256). `--dataset cmu` (or hdm05, cmu+hdm05) switches
+to a recipe sized for the embedded mocap sets on a CPU (minutes); every value can still be overridden.
 """
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ CMU_CPU = dict(epochs=40, batch_size=256, lr=1e-3, lr_decay=0.95, d_model=128, n
 
 
 def recipe_for(dataset: str) -> dict:
-    return dict(CMU_CPU if dataset == "cmu" else PAPER)
+    from .data.dataset import COMBINED, EMBEDDED
+
+    return dict(CMU_CPU if dataset in EMBEDDED or dataset in COMBINED else PAPER)
 
 
 def pose_scale_of(pose3d: np.ndarray) -> float:
@@ -34,6 +36,8 @@ def pose_scale_of(pose3d: np.ndarray) -> float:
 
 
 def build_parser(default_dataset: str) -> argparse.ArgumentParser:
+    from .data.dataset import DATASETS
+
     p = argparse.ArgumentParser(
         description="Train the DiffuPose denoiser (or an ablation baseline) and print the per-action tables.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -43,7 +47,8 @@ def build_parser(default_dataset: str) -> argparse.ArgumentParser:
                "  python train/h36m.py --dataset cmu --resume --out runs/cmu\n"
                "  torchrun --nproc_per_node=4 train/h36m.py --data-dir ~/data/h36m")
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default=default_dataset, choices=["h36m", "humaneva", "cmu"])
+    d.add_argument("--dataset", default=default_dataset, choices=DATASETS,
+                   help="cmu, hdm05: the embedded mocap sets; cmu+hdm05: both, each with its split")
     d.add_argument("--data-dir", default=None, help="folder with the VideoPose3D-layout .npz files (cmu: embedded)")
     d.add_argument("--keypoints", default="gt", help="2D keypoint set (gt, cpn_ft_h36m_dbb, hr; cmu: gt, det) or a path")
     d.add_argument("--cameras", default=None, help="cameras JSON in the h36m_cameras.json form (required for humaneva)")

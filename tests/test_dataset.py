@@ -136,6 +136,6 @@ def test_embedded_cmu_set(keypoints):
 def test_embedded_cmu_set_missing(tmp_path, monkeypatch):
     import diffupose.data.dataset as ds
 
-    monkeypatch.setattr(ds, "CMU_ASSETS", tmp_path / "cmu")
+    monkeypatch.setattr(ds, "ASSETS", tmp_path)
     with pytest.raises(FileNotFoundError, match="embedded CMU set is missing"):
         load_dataset("cmu")

@@ -198,7 +198,12 @@ def build_cmu(source: str | Path = DEFAULT_SOURCE, out_dir: str | Path = DEFAULT
     if not inputs:
         raise FileNotFoundError(f"{source}: expected asfamc/ and/or bvh/ folders of CMU mocap files")
     summary = import_mocap(inputs, out_dir, "cmu", fps=fps, seed=seed, log=log)
-    split = cmu_split(summary["frames"])
+    return write_split(out_dir, cmu_split(summary["frames"]), summary)
+
+
+def write_split(out_dir: str | Path, split: dict, summary: dict) -> dict:
+    """split.json beside an import_mocap summary's files; the summary gains its path and the
+    frames in each part."""
     path = Path(out_dir) / "split.json"
     path.write_text(json.dumps(split, indent=1) + "\n")
     summary["paths"]["split"] = str(path)
@@ -207,24 +212,30 @@ def build_cmu(source: str | Path = DEFAULT_SOURCE, out_dir: str | Path = DEFAULT
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m diffupose.data.build_cmu", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--source", default=str(DEFAULT_SOURCE), help="folder with asfamc/ and bvh/ (default %(default)s)")
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default %(default)s)")
+def build_main(argv: Sequence[str] | None, prog: str, doc: str, build, default_source: Path,
+               default_out: Path) -> int:
+    """The command line of a dataset builder `build(source, out_dir, fps=, seed=, log=)`."""
+    ap = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.split("\n\n")[0])
+    ap.add_argument("--source", default=str(default_source), help="the mocap files (default %(default)s)")
+    ap.add_argument("--out", default=str(default_out), help="output folder (default %(default)s)")
     ap.add_argument("--fps", type=float, default=20.0, help="frame rate kept (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the camera jitter and 2D noise")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        summary = build_cmu(args.source, args.out, fps=args.fps, seed=args.seed)
+        summary = build(args.source, args.out, fps=args.fps, seed=args.seed)
     except (ValueError, FileNotFoundError) as e:
-        print(f"build_cmu: error: {e}", file=sys.stderr)
+        print(f"{prog.rsplit('.', 1)[-1]}: error: {e}", file=sys.stderr)
         return 1
     size = sum(Path(p).stat().st_size for p in summary["paths"].values())
     print(f"wrote {', '.join(Path(p).name for p in summary['paths'].values())} to {args.out}")
     print(f"frames at {summary['fps']} Hz: train {summary['split_frames']['train']}, "
           f"test {summary['split_frames']['test']}; {size / 1e6:.2f} MB; {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return build_main(argv, "diffupose.data.build_cmu", __doc__, build_cmu, DEFAULT_SOURCE, DEFAULT_OUT)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,12 @@ from .cameras import load_cameras
 from .user_files import read_json_file
 
 PathLike = Union[str, Path]
-DATASETS = ("h36m", "humaneva", "cmu")
-CMU_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "cmu"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# The embedded mocap sets (VideoPose3D layout, built by build_cmu / build_hdm05) and their union.
+EMBEDDED = ("cmu", "hdm05")
+COMBINED = {"cmu+hdm05": ("cmu", "hdm05")}
+DATASETS = ("h36m", "humaneva", *EMBEDDED, *COMBINED)
+CMU_ASSETS = ASSETS / "cmu"
 
 
 @dataclass
@@ -129,17 +133,23 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, keypoints: str 
 
         return humaneva.load_humaneva(require_data_dir(data_dir, name), keypoints, cameras, train_subjects,
                                       test_subjects, downsample)
-    if name == "cmu":
-        if data_dir is None and not (CMU_ASSETS / "split.json").is_file():
-            raise FileNotFoundError(f"the embedded CMU set is missing from {CMU_ASSETS} (an incomplete install?); "
-                                    "pass data_dir to load a copy from elsewhere")
-        return load_cmu(CMU_ASSETS if data_dir is None else require_data_dir(data_dir, name), keypoints, cameras,
-                        train_subjects, test_subjects, downsample)
+    if name in EMBEDDED:
+        if data_dir is None and not (ASSETS / name / "split.json").is_file():
+            raise FileNotFoundError(f"the embedded {name.upper()} set is missing from {ASSETS / name} (an incomplete "
+                                    "install?); pass data_dir to load a copy from elsewhere")
+        return load_embedded(name, ASSETS / name if data_dir is None else require_data_dir(data_dir, name),
+                             keypoints, cameras, train_subjects, test_subjects, downsample)
+    if name in COMBINED:
+        if data_dir is not None or cameras is not None or train_subjects or test_subjects:
+            raise ValueError(f"dataset {name!r} is the union of the embedded sets {' and '.join(COMBINED[name])} "
+                             "with their splits: it takes no data_dir, cameras or subject lists")
+        parts = [load_dataset(n, None, keypoints, downsample=downsample) for n in COMBINED[name]]
+        return concat_posesets([p[0] for p in parts]), concat_posesets([p[1] for p in parts])
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 
 # ---------------------------------------------------------------------------------------------
-# the embedded CMU set (built into assets/cmu by diffupose.data.mocap)
+# the embedded mocap sets (built into assets/<name> by build_cmu / build_hdm05)
 # ---------------------------------------------------------------------------------------------
 def _read_split(path: Path) -> dict:
     doc = read_json_file(path, "split file", error=ValueError)
@@ -153,20 +163,38 @@ def _read_split(path: Path) -> dict:
     return doc
 
 
+def concat_posesets(sets: Sequence[PoseSet]) -> PoseSet:
+    """The rows of several PoseSets of one skeleton, in order; the label order of the first first."""
+    if any(p.skeleton.name != sets[0].skeleton.name for p in sets):
+        raise ValueError(f"concat_posesets: skeletons differ ({', '.join(p.skeleton.name for p in sets)})")
+    per_row = {f.name: np.concatenate([getattr(p, f.name) for p in sets]) for f in fields(PoseSet)
+               if f.name not in ("skeleton", "action_order")}
+    order = tuple(dict.fromkeys(a for p in sets for a in p.action_order))
+    return PoseSet(skeleton=sets[0].skeleton, action_order=order, **per_row)
+
+
 def load_cmu(data_dir: Path, keypoints: str = "gt", cameras: Optional[PathLike] = None,
              train_subjects: Optional[Sequence[str]] = None, test_subjects: Optional[Sequence[str]] = None,
              downsample: int = 1) -> tuple[PoseSet, PoseSet]:
-    """The CMU set. split.json chooses each part's clips; train_subjects / test_subjects override
-    which subjects a part takes (a subject keeps the clips split.json lists for it in that part, or
-    all its clips where split.json does not list it there)."""
+    """The CMU set (see load_embedded)."""
+    return load_embedded("cmu", data_dir, keypoints, cameras, train_subjects, test_subjects, downsample)
+
+
+def load_embedded(name: str, data_dir: Path, keypoints: str = "gt", cameras: Optional[PathLike] = None,
+                  train_subjects: Optional[Sequence[str]] = None, test_subjects: Optional[Sequence[str]] = None,
+                  downsample: int = 1) -> tuple[PoseSet, PoseSet]:
+    """An embedded mocap set: data_3d_<name>.npz, data_2d_<name>_<keypoints>.npz,
+    cameras_<name>.json, split.json. split.json chooses each part's clips; train_subjects /
+    test_subjects override which subjects a part takes (a subject keeps the clips split.json lists
+    for it in that part, or all its clips where split.json does not list it there)."""
     data_dir = Path(data_dir)
-    path3d = data_dir / "data_3d_cmu.npz"
-    path2d = resolve_keypoints_file(data_dir, "data_2d_cmu", keypoints)
-    cam_path = Path(cameras) if cameras is not None else data_dir / "cameras_cmu.json"
+    path3d = data_dir / f"data_3d_{name}.npz"
+    path2d = resolve_keypoints_file(data_dir, f"data_2d_{name}", keypoints)
+    cam_path = Path(cameras) if cameras is not None else data_dir / f"cameras_{name}.json"
     split = _read_split(data_dir / "split.json")
     pos3d, j3 = vp3d.load_positions_3d(path3d)
     pos2d, meta, j2 = vp3d.load_positions_2d(path2d)
-    skeleton = vp3d.skeleton_of(j2, (17, 16), "cmu", path2d)
+    skeleton = vp3d.skeleton_of(j2, (17, 16), name, path2d)
     vp3d.check_symmetry(meta, skeleton, path2d)
     joints = vp3d.joint_selection(j3, j2, path3d, path2d)
     cams = load_cameras(cam_path)
