@@ -53,6 +53,9 @@ def build_parser(default_dataset: str) -> argparse.ArgumentParser:
     d.add_argument("--keypoints", default="gt", help="2D keypoint set (gt, cpn_ft_h36m_dbb, hr; cmu: gt, det) or a path")
     d.add_argument("--cameras", default=None, help="cameras JSON in the h36m_cameras.json form (required for humaneva)")
     d.add_argument("--downsample", type=int, default=1, help="keep every k-th training frame")
+    d.add_argument("--val-fraction", type=float, default=0.0,
+                   help="hold out this share of the training rows, whole clips, as a validation set (not trained "
+                        "on; recorded in the checkpoint, where the spread's calibration finds it)")
     m = p.add_argument_group("model and diffusion (default: the paper's, or the CMU/CPU recipe)")
     m.add_argument("--arch", default="gcn", choices=["gcn", "mlp", "unet", "regressor", "mlp_regressor"],
                    help="mlp_regressor: Martinez et al.'s baseline (train/baselines.py sets its recipe)")
@@ -113,6 +116,16 @@ def main(argv=None, default_dataset: str = "h36m") -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    val_rows = 0
+    if args.val_fraction:
+        from .data.dataset import split_validation
+
+        try:
+            train, val = split_validation(train, args.val_fraction, args.seed)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        val_rows = len(val)
     if args.downsample > 1:
         train = train.subset(np.arange(len(train)) % args.downsample == 0)
     try:
@@ -130,7 +143,8 @@ def main(argv=None, default_dataset: str = "h36m") -> int:
         return 2
     out = Path(args.out or f"runs/{args.dataset}-{args.arch}")
     meta = {"dataset": {"name": args.dataset, "keypoints": args.keypoints, "train_frames": len(train),
-                        "test_frames": len(test)}}
+                        "test_frames": len(test), "val_fraction": args.val_fraction, "val_frames": val_rows,
+                        "val_seed": args.seed}}
     trainer = Trainer(mcfg, dcfg, tcfg, TrainData.from_poseset(train, dcfg.pose_scale, device), out, device, meta)
     if args.resume:
         try:

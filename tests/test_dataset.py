@@ -139,3 +139,21 @@ def test_embedded_cmu_set_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(ds, "ASSETS", tmp_path)
     with pytest.raises(FileNotFoundError, match="embedded CMU set is missing"):
         load_dataset("cmu")
+
+
+def test_split_validation_takes_whole_clips():
+    from diffupose.data.dataset import split_validation
+
+    n = 60
+    ps = small_set(n)
+    ps = PoseSet(pose3d=ps.pose3d, pose2d=ps.pose2d, action=ps.action, subject=np.array(["S1", "S2"] * (n // 2)),
+                 camera=np.arange(n) % 4, skeleton=H36M17, clip=np.array([f"c{i % 7}" for i in range(n)]))
+    train, val = split_validation(ps, 0.2)
+    assert len(train) + len(val) == n and len(val) >= 0.2 * n
+    keys = lambda p: set(zip(p.subject.tolist(), p.clip.tolist()))  # noqa: E731
+    assert keys(train).isdisjoint(keys(val)) and len(keys(val)) < len(keys(ps))
+    again = split_validation(ps, 0.2)[1]
+    np.testing.assert_array_equal(again.pose3d, val.pose3d)  # stable
+    assert len(split_validation(ps, 0.0)[1]) == 0
+    with pytest.raises(ValueError, match="validation fraction"):
+        split_validation(ps, 0.6)

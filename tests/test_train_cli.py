@@ -46,3 +46,19 @@ def test_ddp_two_cpu_processes(tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert (tmp_path / "ddp" / "model.safetensors").exists()
+
+
+def test_validation_holdout_is_recorded(tmp_path, capsys):
+    import json
+
+    fake_h36m(tmp_path / "h36m", subjects=ALL_SUBJECTS)
+    common = ["--data-dir", str(tmp_path / "h36m"), "--max-steps", "1", "--no-eval", *SMALL]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--val-fraction", "0.2"]) == 0
+    full = json.loads((tmp_path / "a" / "model.json").read_text())["dataset"]
+    held = json.loads((tmp_path / "b" / "model.json").read_text())["dataset"]
+    assert full["val_frames"] == 0 and held["val_fraction"] == 0.2 and held["val_frames"] >= 0.2 * full["train_frames"]
+    assert held["train_frames"] + held["val_frames"] == full["train_frames"]
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "c"), "--val-fraction", "0.7"]) == 2
+    assert capsys.readouterr().err.startswith("error: validation fraction")

@@ -7,6 +7,7 @@ One row per (frame, camera) of every chosen clip.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -171,6 +172,26 @@ def concat_posesets(sets: Sequence[PoseSet]) -> PoseSet:
                if f.name not in ("skeleton", "action_order")}
     order = tuple(dict.fromkeys(a for p in sets for a in p.action_order))
     return PoseSet(skeleton=sets[0].skeleton, action_order=order, **per_row)
+
+
+def split_validation(train: PoseSet, fraction: float, seed: int = 0) -> tuple[PoseSet, PoseSet]:
+    """(train less val, val): whole clips (every camera of a (subject, clip)), chosen in a stable
+    pseudo-random order until they hold `fraction` of the rows, so that validation frames are
+    never neighbours of training frames. The same train set, fraction and seed give the same
+    parts on every machine (crc32, not Python's salted hash)."""
+    if not 0.0 <= fraction < 0.5:
+        raise ValueError(f"validation fraction must be in [0, 0.5), got {fraction}")
+    keys = np.char.add(np.char.add(train.subject.astype(str), "/"), train.clip.astype(str))
+    clips, counts = np.unique(keys, return_counts=True)
+    order = sorted(range(len(clips)), key=lambda i: (zlib.crc32(f"{seed}:{clips[i]}".encode()), clips[i]))
+    chosen, rows = [], 0
+    for i in order:
+        if rows >= fraction * len(train):
+            break
+        chosen.append(clips[i])
+        rows += int(counts[i])
+    val = np.isin(keys, chosen)
+    return train.subset(~val), train.subset(val)
 
 
 def load_cmu(data_dir: Path, keypoints: str = "gt", cameras: Optional[PathLike] = None,
