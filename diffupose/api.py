@@ -85,6 +85,15 @@ class Lifted:
     def num_frames(self) -> int:
         return int(self.pose3d.shape[0])
 
+    @property
+    def radius(self) -> Optional[np.ndarray]:
+        """[F, J] metres, where the checkpoint has a spread calibration (diffupose/calibration.py):
+        factor x scale_j x spread, the distance from the aggregate within which 90% (its `coverage`)
+        of the joint's errors fell on validation data like the training data; else None."""
+        from .calibration import radius
+
+        return radius(self.spread, (self.meta.get("checkpoint") or {}).get("calibration"))
+
     def save(self, path: Union[str, Path]) -> Path:
         """Write to .npz or .json (the `diffupose lift` output, read back by
         diffupose.keypoints.read_lift_output and drawn by `diffupose viz`), .bvh or .csv (the
@@ -548,7 +557,9 @@ class PoseLifter:
                     f", smoothed over time ({self.settings['smooth']['filter']}: settings.smooth)"
                     if self.smoothing else ""),
                 "hypotheses": "[F, N, J, 3]",
-                "spread": "[F, J] RMS distance of the hypotheses from their mean, per joint",
+                "spread": "[F, J] RMS distance of the hypotheses from their mean, per joint" + (
+                    "; checkpoint.calibration: factor x spread_scale[j] x spread held that share (coverage) of the "
+                    "validation errors" if self.config.get("calibration") else ""),
                 "weak": f"[F, J] detector score below min_score ({inp.min_score}), undetected (2D at pixel 0,0) or "
                         "more than one image size off the image; lifted anyway, treat with care",
                 "unreliable": "[F] the frame had a joint undetected or off the image (lifted from a stand-in "
@@ -577,7 +588,7 @@ class PoseLifter:
             "checkpoint": {
                 "path": str(self.weights_path.resolve()), "weights_sha256": self._sha256,
                 **{k: self.config.get(k) for k in ("model", "diffusion", "skeleton", "dataset", "training",
-                                                   "metrics")},
+                                                   "metrics", "calibration")},
             },
         }
 

@@ -151,6 +151,14 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu") ->
         dcfg = DiffusionConfig.from_dict(config["diffusion"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{cpath}: bad config: {e}") from None
+    if "calibration" in config:  # the spread's calibration (diffupose/calibration.py), read into every lift
+        from .calibration import CalibrationError, check_calibration
+        from .skeleton import get_skeleton
+
+        try:
+            check_calibration(config["calibration"], get_skeleton(mcfg.skeleton).num_joints, str(cpath))
+        except CalibrationError as e:
+            raise CheckpointError(str(e)) from None
     require_regular_file(wpath, "checkpoint weights", CheckpointError, CheckpointError)
     check_weights_header(wpath, cpath, mcfg)
     try:

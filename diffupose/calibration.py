@@ -1,0 +1,116 @@
+"""The spread's calibration: a per-joint scale fitted on the validation part of the training data
+(rows the model never trained on: `--val-fraction`, recorded in the checkpoint), stored in the
+checkpoint's config and carried into every lift output.
+
+A lift reports `spread` (per joint, the RMS distance of the N hypotheses from their mean: how much
+the samples disagree). With a calibration, `radius = factor * scale_j * spread` (factor 2) is the
+distance from the aggregate within which `coverage` (90%) of that joint's errors fell on the
+validation rows, with the N and sampler the calibration was fitted at. It is a statement about
+data like the validation data: on motion unlike the training data, the errors grow faster than
+the spread (docs/RESULTS.md measures both).
+
+    diffupose calibrate --checkpoint runs/x/model     # fit on the recorded validation part, write it in
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+CALIBRATION_KEY = "calibration"
+FACTOR = 2.0
+MAX_SCALE = 1000.0  # beyond it a "calibration" says the spread carries no information
+
+
+class CalibrationError(ValueError):
+    """A calibration that cannot be fitted or read; the message is the CLI's one line."""
+
+
+def check_calibration(calib, num_joints: int, where: str) -> dict:
+    """The calibration block of a checkpoint config, checked (types, ranges, joint count)."""
+    if not isinstance(calib, dict):
+        raise CalibrationError(f"{where}: '{CALIBRATION_KEY}' must be an object")
+    scale = calib.get("spread_scale")
+    if (not isinstance(scale, list) or len(scale) != num_joints
+            or not all(isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k)
+                       and 0 <= k <= MAX_SCALE for k in scale)):
+        raise CalibrationError(f"{where}: calibration.spread_scale must be {num_joints} numbers in [0, {MAX_SCALE:g}]")
+    for key, lo, hi in (("coverage", 0.5, 0.999), ("factor", 0.1, 10.0)):
+        v = calib.get(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+            raise CalibrationError(f"{where}: calibration.{key} must be a number in [{lo}, {hi}]")
+    n = calib.get("n_hyp")
+    if not isinstance(n, int) or isinstance(n, bool) or not 2 <= n <= 1000:
+        raise CalibrationError(f"{where}: calibration.n_hyp must be a whole number in [2, 1000]")
+    return calib
+
+
+def radius(spread: np.ndarray, calib: Optional[dict]) -> Optional[np.ndarray]:
+    """[F, J] metres: factor * scale_j * spread, or None without a calibration."""
+    if not calib:
+        return None
+    return (calib["factor"] * np.asarray(calib["spread_scale"], np.float32) * np.asarray(spread, np.float32))
+
+
+def validation_rows(config: dict):
+    """The validation PoseSet a checkpoint recorded (dataset name, keypoints, fraction, seed)."""
+    from .data.dataset import load_dataset, split_validation
+
+    ds = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    frac = ds.get("val_fraction")
+    if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not frac > 0:
+        raise CalibrationError("the checkpoint records no validation part of its training data (train it with "
+                               "--val-fraction, e.g. 0.05); a calibration fitted on training rows would be optimistic")
+    name, keypoints = ds.get("name"), ds.get("keypoints", "gt")
+    try:
+        train, _ = load_dataset(name, keypoints=keypoints)
+        _, val = split_validation(train, float(frac), int(ds.get("val_seed", 0)))
+    except (OSError, ValueError, KeyError) as e:
+        raise CalibrationError(f"cannot rebuild the validation rows of dataset {name!r} ({keypoints}): {e}") from None
+    if len(val) != ds.get("val_frames", len(val)):
+        raise CalibrationError(f"the validation part of {name!r} has {len(val)} rows here but the checkpoint recorded "
+                               f"{ds.get('val_frames')}: the data changed since training")
+    return val
+
+
+def fit(model, diffusion, val, *, n_hyp: int = 10, steps: int = 5, target: float = 0.9, flip: bool = True,
+        seed: int = 0, max_frames: Optional[int] = 4000, backend=None, progress: bool = False) -> dict:
+    """The per-joint scale that puts `target` of the validation joint errors of the mean within
+    FACTOR * scale * spread (aggregate.calibrate_spread), with the numbers that justify it."""
+    import torch
+
+    from . import aggregate as agg
+    from .evaluate import predict, subsample
+
+    val, _ = subsample(val, max_frames)
+    p = predict(model, diffusion, val, n_hyp=n_hyp, steps=steps, flip=flip, seed=seed, backend=backend,
+                progress=progress, desc="calibrating")
+    hyp = torch.as_tensor(p.hypotheses, dtype=torch.float64)
+    err = (hyp.mean(1) - torch.as_tensor(val.pose3d, dtype=torch.float64)).norm(dim=-1).numpy()
+    spr = agg.spread(hyp).numpy()
+    root = [j for j, parent in enumerate(model.skeleton.parents) if parent == -1]
+    keep = [j for j in range(err.shape[1]) if j not in root]  # the root: 0 error, 0 spread
+    scale = np.zeros(err.shape[1])
+    scale[keep] = agg.calibrate_spread(err[:, keep], spr[:, keep], target, FACTOR)
+    if not np.isfinite(scale).all() or scale.max() > MAX_SCALE:
+        raise CalibrationError("the hypotheses barely spread (spread ~0): the spread cannot be calibrated")
+    return {"spread_scale": [round(float(k), 4) for k in scale], "coverage": target, "factor": FACTOR,
+            "n_hyp": n_hyp, "steps": steps, "flip": flip, "val_frames": len(val),
+            "raw_coverage": round(agg.coverage(err[:, keep], spr[:, keep], FACTOR), 4),
+            "fitted_coverage": round(agg.coverage(err[:, keep], spr[:, keep] * scale[keep], FACTOR), 4),
+            "meaning": f"per joint, {target:.0%} of the validation errors of the mean of {n_hyp} hypotheses were "
+                       f"within factor * spread_scale * spread of it"}
+
+
+def write(path, calib: dict) -> Path:
+    """Store the calibration in a checkpoint's JSON (atomically; the weights are untouched)."""
+    from .checkpoint import atomic_write_bytes, checkpoint_paths, read_config
+
+    _, cpath = checkpoint_paths(path)
+    config = read_config(path)
+    config[CALIBRATION_KEY] = calib
+    atomic_write_bytes(cpath, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
+    return cpath

@@ -1,0 +1,81 @@
+"""The spread's calibration: fitted on the validation rows a checkpoint records, written into its
+JSON, checked on load, carried into lifts (Lifted.radius), refused without a validation part."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffupose import calibration, cli
+from diffupose.api import load_lifter
+from diffupose.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from diffupose.data.dataset import load_dataset, split_validation
+from diffupose.diffusion import DiffusionConfig
+from diffupose.model import ModelConfig, build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FRAC = 0.05
+
+
+def _tiny(path, dataset):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(d_model=16, n_blocks=1, d_time=8))
+    save_checkpoint(path, model, DiffusionConfig(T=20, clip_x0=2.0, pose_scale=0.3), dataset=dataset)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    train, _ = load_dataset("hdm05")
+    val_frames = len(split_validation(train, FRAC, 0)[1])
+    ckpt = _tiny(tmp_path_factory.mktemp("cal") / "tiny", {"name": "hdm05", "keypoints": "gt", "val_fraction": FRAC,
+                                                          "val_seed": 0, "val_frames": val_frames})
+    rc = cli.main(["calibrate", "--checkpoint", ckpt, "-n", "3", "--steps", "2", "--max-frames", "80", "-q",
+                   "--device", "cpu"])
+    assert rc == 0
+    return ckpt
+
+
+def test_calibrate_writes_a_checked_calibration(calibrated, capsys):
+    config = json.loads(open(calibrated + ".json").read())
+    cal = config["calibration"]
+    assert len(cal["spread_scale"]) == 17 and cal["spread_scale"][0] == 0  # the root: 0 spread, 0 error
+    assert all(k > 0 for k in cal["spread_scale"][1:]) and cal["n_hyp"] == 3 and cal["val_frames"] == 80
+    # the fitted scale reaches the coverage on the rows it was fitted on (a quantile: at least 90%)
+    assert cal["fitted_coverage"] >= 0.9 - 1 / (80 * 16)
+    load_checkpoint(calibrated)  # accepted
+
+
+def test_lift_carries_the_calibration(calibrated):
+    lifter = load_lifter(calibrated, device="cpu", hypotheses=3, steps=2, backend="reference")
+    rng = np.random.default_rng(0)
+    kp = np.concatenate([rng.uniform(400, 600, (4, 17, 2)), np.ones((4, 17, 1))], -1)
+    res = lifter.lift(kp, image_size=(1000, 1000), layout="h36m17", warn=False)
+    cal = res.meta["checkpoint"]["calibration"]
+    np.testing.assert_allclose(res.radius, 2 * np.asarray(cal["spread_scale"]) * res.spread, rtol=1e-6)
+    assert "spread_scale" in res.meta["arrays"]["spread"]
+
+
+def test_calibration_is_checked_on_load(calibrated, tmp_path):
+    config = json.loads(open(calibrated + ".json").read())
+    for bad in ({"spread_scale": [1.0] * 16}, {"spread_scale": [float("nan")] * 17}, {"coverage": 2},
+                {"n_hyp": 1}, {"spread_scale": "big"}):
+        stem = tmp_path / "bad"
+        (tmp_path / "bad.safetensors").write_bytes(open(calibrated + ".safetensors", "rb").read())
+        (tmp_path / "bad.json").write_text(json.dumps({**config, "calibration": {**config["calibration"], **bad}}))
+        with pytest.raises(CheckpointError, match="calibration"):
+            load_checkpoint(stem)
+
+
+def test_refused_without_a_validation_part(tmp_path, capsys):
+    ckpt = _tiny(tmp_path / "noval", {"name": "hdm05", "keypoints": "gt"})
+    rc = cli.main(["calibrate", "--checkpoint", ckpt, "-q", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "--val-fraction" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    ckpt = _tiny(tmp_path / "moved", {"name": "hdm05", "keypoints": "gt", "val_fraction": FRAC, "val_frames": 7})
+    rc = cli.main(["calibrate", "--checkpoint", ckpt, "-q", "--device", "cpu"])
+    assert rc != 0 and "the data changed since training" in capsys.readouterr().err
+
+
+def test_radius_without_calibration_is_none():
+    assert calibration.radius(np.ones((2, 17)), None) is None
