@@ -1,0 +1,173 @@
+"""The numbers of a checkpoint's model card, measured in one run (`train/model_card.py`):
+
+- test MPJPE / P-MPJPE (mean over actions, as `diffupose eval`) of the checkpoint at N = 1, 10, 20
+  (mean and per-joint median of the N) beside the training mean pose and any baseline
+  checkpoints (the MLP regressor trained on the same data), on each test set asked for; the
+  oracle best-of-N under that name only;
+- the sampler: DDIM with k steps against DDPM over all T, at N = 1 and 10, on one subset;
+- the denoiser's one-step x0 estimate by timestep (`x0_error_by_timestep`);
+- the spread: coverage within 2x spread and within the checkpoint's calibrated radius, and the
+  rank correlation of spread and error, on test.
+
+Ground truth is read only to score, and (x0_error_by_timestep, by design) as the input of a
+denoiser diagnostic that is not a prediction.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .evaluate import evaluate_mean_pose, evaluate_model, predict, subsample
+from .metrics import evaluate_poseset
+
+
+@torch.no_grad()
+def x0_error_by_timestep(model, diffusion, poses, ts: Sequence[int], *, flip: bool = True, seed: int = 0,
+                         batch: int = 2048, backend=None) -> dict[int, float]:
+    """t -> MPJPE (mm, over all rows) of the denoiser's x0 estimate from x_t = q_sample(x0, t, noise):
+    x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t), root-centred. How much of the pose
+    one call recovers at each noise level: a diagnostic of the denoiser, not a prediction (its
+    input is the noised ground truth)."""
+    from .diffusion import denoise
+
+    model.eval()
+    skel = model.skeleton if flip else None
+    root = model.skeleton.parents.index(-1)
+    scale = diffusion.cfg.pose_scale
+    gen = torch.Generator().manual_seed(seed)
+    x0_all = torch.as_tensor(poses.pose3d, dtype=torch.float32) / scale
+    y_all = torch.as_tensor(poses.pose2d, dtype=torch.float32)
+    out = {}
+    for t in ts:
+        ab = float(diffusion.alpha_bar[t])
+        errs = []
+        for s in range(0, len(x0_all), batch):
+            x0, y = x0_all[s:s + batch], y_all[s:s + batch]
+            noise = torch.randn(x0.shape, generator=gen)
+            xt = diffusion.q_sample(x0, torch.full((len(x0),), t, dtype=torch.long), noise)
+            eps = denoise(model, xt, y, t, skel, backend).float()
+            x0_hat = (xt - (1 - ab) ** 0.5 * eps) / ab ** 0.5
+            x0_hat = x0_hat - x0_hat[:, root:root + 1]
+            errs.append(((x0_hat - x0) * scale).norm(dim=-1).mean(-1))
+        out[int(t)] = float(torch.cat(errs).mean() * 1000)
+    return out
+
+
+def _row(ev) -> dict:
+    return {"mpjpe": round(ev.mpjpe["Avg"], 2), "p_mpjpe": round(ev.p_mpjpe["Avg"], 2)}
+
+
+def test_rows(model, diffusion, train, test, baselines: dict, *, ns=(1, 10, 20), steps: int = 5,
+              flip: bool = True, seed: int = 0, progress: bool = False) -> dict:
+    """Rows name -> {mpjpe, p_mpjpe, seconds} on `test`: the mean pose, each baseline (name ->
+    (model, diffusion)), the checkpoint at each N with mean and median (one lift per N; the median
+    is of the same hypotheses), and the oracle best-of-N, named so."""
+    rows = {"training mean pose": _row(evaluate_mean_pose(train, test))}
+    for name, (bm, bd) in baselines.items():
+        ev = evaluate_model(bm, bd, test, hypotheses=(1,), steps=steps, flip=flip, seed=seed, oracle=False)[1]
+        rows[name] = {**_row(ev), "seconds": round(ev.extra["seconds"], 1)}
+    for n in ns:
+        t0 = time.perf_counter()
+        p = predict(model, diffusion, test, n_hyp=n, steps=steps, flip=flip, seed=seed, progress=progress,
+                    desc=f"N={n}")
+        sec = time.perf_counter() - t0
+        hyp = p.hypotheses
+        ev = evaluate_poseset(p.mean, test, hyp if n > 1 else None)
+        rows[f"DiffuPose N={n}" + (", mean" if n > 1 else "")] = {**_row(ev), "seconds": round(sec, 1)}
+        if n > 1:
+            rows[f"DiffuPose N={n}, median"] = _row(evaluate_poseset(np.median(hyp, axis=1), test))
+            rows[f"oracle best of {n} (uses ground truth; not a prediction)"] = {
+                "mpjpe": round(ev.oracle_mpjpe["Avg"], 2), "p_mpjpe": round(ev.oracle_p_mpjpe["Avg"], 2)}
+    return rows
+
+
+def sampler_rows(model, diffusion, test, *, ns=(1, 10), ddim_steps=(2, 5, 10, 20), flip: bool = True,
+                 seed: int = 0) -> list[dict]:
+    """DDIM with k steps and DDPM over all T at each N: MPJPE and frames/s on `test`."""
+    out = []
+    for n in ns:
+        for sampler, k in [*(("ddim", k) for k in ddim_steps), ("ddpm", diffusion.T)]:
+            ev = evaluate_model(model, diffusion, test, hypotheses=(n,), steps=k, sampler=sampler, flip=flip,
+                                seed=seed, oracle=False)[n]
+            out.append({"N": n, "sampler": sampler, "steps": k, **_row(ev), "fps": round(ev.extra["fps"], 1)})
+    return out
+
+
+def spread_rows(model, diffusion, test, calib: Optional[dict], *, n: int = 10, steps: int = 5, flip: bool = True,
+                seed: int = 0) -> dict:
+    """Coverage of the mean's joint errors within 2x spread and within the calibrated radius, and
+    Spearman(spread, error), on `test` (the root left out: 0 error, 0 spread)."""
+    from . import aggregate as agg
+    from .calibration import radius
+
+    p = predict(model, diffusion, test, n_hyp=n, steps=steps, flip=flip, seed=seed)
+    hyp = torch.as_tensor(p.hypotheses, dtype=torch.float64)
+    err = (hyp.mean(1) - torch.as_tensor(test.pose3d, dtype=torch.float64)).norm(dim=-1).numpy()
+    spr = agg.spread(hyp).numpy()
+    keep = [j for j, parent in enumerate(model.skeleton.parents) if parent != -1]
+    out = {"N": n, "frames": len(test), "coverage_2x_spread": round(agg.coverage(err[:, keep], spr[:, keep]), 4),
+           "spearman": round(agg.spearman(spr[:, keep], err[:, keep]), 4)}
+    rad = radius(spr, calib)
+    if rad is not None:
+        out["coverage_calibrated_radius"] = round(float(np.mean(err[:, keep] <= rad[:, keep])), 4)
+        out["calibration_fitted_at_N"] = calib["n_hyp"]
+    return out
+
+
+def subset_of(ps, subjects: Sequence[str]):
+    return ps.subset(np.isin(ps.subject, list(subjects)))
+
+
+def card(model, diffusion, config: dict, train, tests: dict, baselines: dict, *, max_frames: int = 0,
+         sampler_frames: int = 1000, x0_frames: int = 2000, ts: Optional[Sequence[int]] = None, flip: bool = True,
+         seed: int = 0, progress: bool = False, log=print) -> dict:
+    """Every section of the card. tests: name -> PoseSet (the first is the headline set)."""
+    out: dict = {"tests": {}}
+    first = next(iter(tests))
+    T = diffusion.T
+    ts = ts or sorted({min(T - 1, round(f * T)) for f in (0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)})
+    for name, ps in tests.items():
+        sub, _ = subsample(ps, max_frames)
+        log(f"[card] test rows on {name}: {len(sub):,} of {len(ps):,} frames")
+        out["tests"][name] = {"frames": len(sub), "frames_in_split": len(ps),
+                              "rows": test_rows(model, diffusion, train, sub, baselines, flip=flip, seed=seed,
+                                                progress=progress)}
+    head, _ = subsample(tests[first], max_frames)
+    log(f"[card] spread on {first}")
+    out["spread"] = spread_rows(model, diffusion, head, config.get("calibration"), flip=flip, seed=seed)
+    sub, _ = subsample(tests[first], sampler_frames)
+    log(f"[card] samplers on {len(sub):,} frames of {first}")
+    out["samplers"] = {"frames": len(sub), "rows": sampler_rows(model, diffusion, sub, flip=flip, seed=seed)}
+    sub, _ = subsample(tests[first], x0_frames)
+    log(f"[card] x0 error by timestep on {len(sub):,} frames of {first}")
+    out["x0_by_timestep"] = {"frames": len(sub), "mpjpe_mm": x0_error_by_timestep(model, diffusion, sub, ts,
+                                                                                  flip=flip, seed=seed)}
+    return out
+
+
+def markdown(doc: dict) -> str:
+    """The card's tables as Markdown."""
+    lines = []
+    for name, t in doc["tests"].items():
+        lines += [f"**{name}** ({t['frames']:,} test frames" + (
+            f" of {t['frames_in_split']:,}" if t["frames"] != t["frames_in_split"] else "") + ")", "",
+                  "| model | MPJPE (mm) | P-MPJPE (mm) |", "| --- | ---: | ---: |"]
+        lines += [f"| {k} | {v['mpjpe']:.1f} | {v['p_mpjpe']:.1f} |" for k, v in t["rows"].items()]
+        lines.append("")
+    s = doc["spread"]
+    lines += [f"Spread (N = {s['N']}, {s['frames']:,} frames): {s['coverage_2x_spread']:.1%} of joint errors within "
+              f"2x spread" + (f", {s['coverage_calibrated_radius']:.1%} within the calibrated radius"
+                              if "coverage_calibrated_radius" in s else "") + f"; Spearman {s['spearman']:.2f}.", ""]
+    sm = doc["samplers"]
+    lines += [f"Samplers ({sm['frames']:,} frames):", "", "| N | sampler | steps | MPJPE | frames/s |",
+              "| ---: | --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['N']} | {r['sampler']} | {r['steps']} | {r['mpjpe']:.1f} | {r['fps']:,.0f} |" for r in sm["rows"]]
+    x0 = doc["x0_by_timestep"]
+    lines += ["", f"One-step x0 error by timestep ({x0['frames']:,} frames; a denoiser diagnostic, its input is the "
+              "noised ground truth):", "", "| t | " + " | ".join(str(t) for t in x0["mpjpe_mm"]) + " |",
+              "|" + " ---: |" * (len(x0["mpjpe_mm"]) + 1),
+              "| mm | " + " | ".join(f"{v:.1f}" for v in x0["mpjpe_mm"].values()) + " |"]
+    return "\n".join(lines) + "\n"
