@@ -59,18 +59,19 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import diffupose  # noqa: E402,F401  (first: it sets OpenMP's wait policy before torch loads the runtime)
+import torch  # noqa: E402
+
 from diffupose import ops  # noqa: E402
-from diffupose.baselines import CompiledDDIM, compile_counts, denoiser_flops, eager_ddim, reset_compiled  # noqa: E402
+from diffupose.baselines import (CompiledDDIM, busy_processes, compile_counts, denoiser_flops, eager_ddim,  # noqa: E402
+                                 reset_compiled)
 from diffupose.diffusion import Diffusion, DiffusionConfig  # noqa: E402
 from diffupose.engine import Lifter  # noqa: E402
 from diffupose.model import ModelConfig, build_model  # noqa: E402
@@ -197,21 +198,6 @@ def peak_in_use(fn, y, calls, device, base) -> int:
 
 def p99(times: list[float]) -> float:
     return times[min(len(times) - 1, int(round(0.99 * (len(times) - 1))))]
-
-
-@contextlib.contextmanager
-def busy_processes(n: int):
-    """n competing busy processes (Python `while True` loops) for the duration; killed after."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
-    try:
-        time.sleep(0.2)  # let them start spinning before the first timed call
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
 
 
 def measure(name, factory, y, args, device) -> dict:
@@ -401,6 +387,7 @@ def environment(device) -> dict:
         env["cuda"] = torch.version.cuda
     else:
         env["cpu"] = platform.processor() or "cpu"
+        env["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "default (spin)")
     try:
         import triton
 

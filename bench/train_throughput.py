@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import diffupose  # noqa: E402,F401  (first: it sets OpenMP's wait policy before torch loads the runtime)
+import torch  # noqa: E402
+
 from diffupose import ops  # noqa: E402
-from diffupose.baselines import compile_counts, reset_compiled  # noqa: E402
+from diffupose.baselines import busy_processes, compile_counts, reset_compiled  # noqa: E402
 from diffupose.diffusion import Diffusion, DiffusionConfig, joint_weights  # noqa: E402
 from diffupose.model import ModelConfig, build_model  # noqa: E402
 from diffupose.training import amp_dtype  # noqa: E402
@@ -79,6 +81,15 @@ def step_time(backend, args, device, compiled=False) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
     out["step_s"] = statistics.median(times)
+    if args.contend:
+        with busy_processes(args.contend):
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                step()
+                sync()
+                times.append(time.perf_counter() - t0)
+        out["contended_step_s"] = statistics.median(times)
     if compiled:
         out.update(compile_counts())
     reset_compiled()
@@ -97,6 +108,8 @@ def main(argv=None):
     p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the torch.compile row")
     p.add_argument("--compile-mode", default=None,
                    help="inductor mode (default: max-autotune on a GPU, default on the CPU)")
+    p.add_argument("--contend", type=int, default=0, metavar="K",
+                   help="also time each path beside K busy processes (threads that wait by spinning collapse there)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.warmup < 1:
@@ -108,7 +121,7 @@ def main(argv=None):
         (["cuda", "triton"] if device.type == "cuda" else ["cpu"])
     print(f"# torch {torch.__version__}, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
           f" ({torch.get_num_threads()} threads), d_model {args.d_model}, blocks {args.blocks}, batch {args.batch}, "
-          f"amp {args.amp}")
+          f"amp {args.amp}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'default (spin)')}")
     print("# command: python " + " ".join(sys.argv))
     rows = []
     for name in candidates:
@@ -120,19 +133,23 @@ def main(argv=None):
             continue
         res = step_time(backend, args, device, compiled=name == "compile")
         t = res.pop("step_s")
-        rows.append({"backend": name, "step_ms": t * 1e3, "samples_per_s": args.batch / t, **res})
+        tc = res.pop("contended_step_s", None)
+        rows.append({"backend": name, "step_ms": t * 1e3, "samples_per_s": args.batch / t, **res,
+                     **({"contended_step_ms": tc * 1e3, "contended_ratio": tc / t} if tc else {})})
         print(f"# {name}: {rows[-1]['step_ms']:.1f} ms per step, first step {res['first_step_s']:.1f} s"
               + (f", graphs {res['graphs']} breaks {res['graph_breaks']}" if "graphs" in res else ""), flush=True)
         if "graphs" in res and (res["graphs"], res["graph_breaks"]) != (2, 1):
             print("# WARNING: the compiled step was expected as 2 graphs and torch.optim's 1 break: it recompiled "
                   "or broke elsewhere, so its time is not the baseline's", flush=True)
     base = next((r for r in rows if r["backend"] == "reference"), None)
-    print("| backend | step ms | samples/s | vs reference | first step s |")
-    print("|---|---:|---:|---:|---:|")
+    cont = f" beside {args.contend} busy | x alone |" if args.contend else ""
+    print("| backend | step ms | samples/s | vs reference | first step s |" + cont)
+    print("|---|---:|---:|---:|---:|" + ("---:|---:|" if args.contend else ""))
     for r in rows:
         ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else ""
         print(f"| {r['backend']} | {r['step_ms']:.1f} | {r['samples_per_s']:,.0f} | {ratio} "
-              f"| {r['first_step_s']:.1f} |")
+              f"| {r['first_step_s']:.1f} |" + (f" {r['contended_step_ms']:.1f} | {r['contended_ratio']:.2f}x |"
+                                              if args.contend else ""))
     if args.json:
         Path(args.json).write_text(json.dumps({"argv": sys.argv, "rows": rows}, indent=1))
 

@@ -20,6 +20,10 @@ DDIM with eta = 0 only (no noise after x_T), no flip: the configurations bench/f
 """
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+import time
 from typing import Callable, Optional
 
 import torch
@@ -155,3 +159,21 @@ def denoiser_flops(model: GCNDenoiser) -> int:
     modulation, epilogue) is left out, it is not matmul work. ~37 MFLOP at d_m 256, 4 blocks."""
     J = model.net.inp.adj.shape[0]
     return sum(2 * J * c.c_in * 2 * c.c_out + 2 * J * J * c.c_out for c in model.net.layers())
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmark conditions
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def busy_processes(n: int):
+    """n competing busy processes (Python `while True` loops) for the duration; killed after."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        time.sleep(0.2)  # let them start spinning before the first timed call
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
