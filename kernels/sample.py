@@ -52,6 +52,13 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _big_tiles() -> bool:
+    """One tile of up to 512 rows and one chunk per layer: the interpreter pays milliseconds per
+    program and per op. A test patches this to False to run the GPU tiling there (several
+    programs, ragged last tile, 64-channel chunks with a ragged last one, K in slices)."""
+    return _interpreting()
+
+
 # ---------------------------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +354,7 @@ def _launch(y, weights, film, coefs, rng_state, n_hyp, counter_stride, flip_perm
         return hyp.view(B, n_hyp, J, 3), mean, spread
     half = y.dtype in (torch.float16, torch.bfloat16)
     twins = 2 if flip_perm else 1
-    if _interpreting():  # each program costs milliseconds: one tile of up to 512 rows, one chunk per layer
+    if _big_tiles():
         ns = max(1, min(M, 512 // (twins * J)))
         bn = bk = max(16, min(256, triton.next_power_of_2(d)))
     else:  # a 64-row tile (as the CUDA kernel's), 64-channel chunks
