@@ -128,6 +128,9 @@ def _half_rule(device, backend, dtype, d=16):
     out = ops.sample(model, diffusion, y, rng_state=_state(device), dtype=dtype, backend=backend, **kw)
     for o, s, r, name in zip(out, same, ref64, ("hyp", "mean", "spread")):
         assert_matches(o, r, s, factor=2.0, name=name)
+    # the half dtype did take the fp16 GEMMs (an fp32 run differs from them)
+    fp32 = ops.sample(model, diffusion, y, rng_state=_state(device), backend=backend, **kw)
+    assert not torch.equal(out[0], fp32[0])
 
 
 def test_triton_empty_batch_and_errors(triton_device):
