@@ -10,6 +10,10 @@
 #               (TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=16), `pip install --no-build-isolation --no-deps -e .`
 #   tests_cuda  the CUDA-op, GPU-reference and GPU-only tests (ops, engine, capture)
 #   tests_triton the Triton tests (compiled)
+#   sample_gpu  the whole-sampler op on the GPU (issue 12): tests/ops/test_sample_gpu.py (CUDA and
+#               Triton against sample_ref and the CPU op), compute-sanitizer memcheck of one CUDA case,
+#               then bench/fps.py per-layer ops vs whole sampler vs torch.compile (fp32, CUDA backend),
+#               the tensor-core path (bf16) and the Triton whole sampler (fps_sample_*.json)
 #   memcheck    compute-sanitizer memcheck on the CUDA op tests (small sizes)
 #   racecheck   compute-sanitizer racecheck on the same
 #   fps_fp32    bench/fps.py: eager, fused, graph; batch 1 / 1024 / 65536; N 1 and 10 (--no-compile)
@@ -159,9 +163,44 @@ fi
 # ---------------------------------------------------------------------------------------------
 # -v: one line per test as it finishes, so a stage cut off by its timeout still says how far it got
 PYTEST=("$PY" -m pytest -v -p no:cacheprovider -o addopts= -rfEs --durations=10)
+export DRY
+
+# The whole sampler as one op on the GPU (CUDA C++ and Triton; written without a GPU). Each step
+# says its own rc; the stage's rc is the first failure. On the dry run: the Triton tests under the
+# interpreter and the CPU op's fps rows at a tiny size.
+sample_gpu() {
+  local rc=0 r
+  local PYT=("$PY" -m pytest -v -p no:cacheprovider -o addopts= -rfEs --durations=10)
+  local FPS=(--ddim-steps 5 --hyp 1 10 --budget 20 --repeats 10 --warmup 2)
+  if [ "$DRY" = 1 ]; then
+    "${PYT[@]}" tests/ops/test_sample_gpu.py; r=$?; echo "== tests rc $r"; [ $rc = 0 ] && rc=$r
+    "$PY" bench/fps.py --device cpu --backend cpu --d-model 16 --blocks 1 --repeats 1 --warmup 1 --ddim-steps 1 \
+      --batch 1 --hyp 1 --budget 5 --no-compile --json "$DEST/fps_sample_cuda.json"; r=$?
+    echo "== fps rc $r"; [ $rc = 0 ] && rc=$r
+    return $rc
+  fi
+  "${PYT[@]}" tests/ops/test_sample_gpu.py tests/ops/test_sample.py; r=$?; echo "== tests rc $r"; [ $rc = 0 ] && rc=$r
+  if command -v compute-sanitizer > /dev/null; then
+    compute-sanitizer --tool memcheck --error-exitcode 3 "${PYT[@]}" tests/ops/test_sample_gpu.py \
+      -k "cuda_matches and ddim5 and h36m17-10-3" ; r=$?; echo "== memcheck rc $r"; [ $rc = 0 ] && rc=$r
+  fi
+  # per-layer ops vs the whole sampler (CUDA kernel) vs torch.compile, fp32 (compile: batch 1 only)
+  "$PY" bench/fps.py "${FPS[@]}" --batch 1 --dtype fp32 --backend cuda --json "$DEST/fps_sample_cuda.json"; r=$?
+  echo "== fps fp32 cuda rc $r"; [ $rc = 0 ] && rc=$r
+  "$PY" bench/fps.py "${FPS[@]}" --batch 1024 --dtype fp32 --backend cuda --no-compile \
+    --json "$DEST/fps_sample_cuda_1024.json"; r=$?; echo "== fps fp32 cuda 1024 rc $r"; [ $rc = 0 ] && rc=$r
+  # the tensor-core path: bf16 activations -> fp16 wmma GEMMs in the whole sampler
+  "$PY" bench/fps.py "${FPS[@]}" --batch 1 1024 --dtype bf16 --backend cuda --no-compile \
+    --json "$DEST/fps_sample_cuda_bf16.json"; r=$?; echo "== fps bf16 cuda rc $r"; [ $rc = 0 ] && rc=$r
+  # the Triton whole sampler (the switch chooses it for ops.sample, Lifter passes no backend to it)
+  DIFFUPOSE_BACKEND=triton "$PY" bench/fps.py "${FPS[@]}" --batch 1 1024 --dtype fp32 --backend triton --no-compile \
+    --json "$DEST/fps_sample_triton.json"; r=$?; echo "== fps fp32 triton rc $r"; [ $rc = 0 ] && rc=$r
+  return $rc
+}
 if [ "$DRY" = 1 ]; then
   run_stage tests_cuda 120 "${PYTEST[@]}" tests/test_capture.py -k "frame_bucket or checker or flip_pose"
   run_stage tests_triton 120 "${PYTEST[@]}" tests/test_capture.py -k "triton_launchers"
+  run_stage sample_gpu 120 sample_gpu
   skip_stage memcheck "dry run: no GPU"
   skip_stage racecheck "dry run: no GPU"
 else
@@ -169,6 +208,7 @@ else
   # the CUDA op, the reference on the GPU and the GPU-only tests; then the Triton ones (they compile)
   run_stage tests_cuda 70 "${PYTEST[@]}" "${GPU_TESTS[@]}" -k "not triton and not cpu"
   run_stage tests_triton 100 "${PYTEST[@]}" "${GPU_TESTS[@]}" -k "triton"
+  run_stage sample_gpu 150 sample_gpu
   SAN_TESTS=(tests/ops/test_mgcn.py tests/ops/test_sampler_step.py -k "cuda and (epilogues or matches_reference-False or empty)")
   if command -v compute-sanitizer > /dev/null; then
     run_stage memcheck 40 compute-sanitizer --tool memcheck --error-exitcode 3 "${PYTEST[@]}" "${SAN_TESTS[@]}"

@@ -21,8 +21,8 @@ def test_dry_run_stages(tmp_path):
                        timeout=280)
     summary = (tmp_path / "summary.txt").read_text()
     stages = {line.split()[0]: line.split()[1] for line in summary.splitlines()}
-    assert list(stages) == ["env", "build", "tests_cuda", "tests_triton", "memcheck", "racecheck", "fps_fp32",
-                            "fps_bf16", "table6", "train", "fps_compile"], summary
+    assert list(stages) == ["env", "build", "tests_cuda", "tests_triton", "sample_gpu", "memcheck", "racecheck",
+                            "fps_fp32", "fps_bf16", "table6", "train", "fps_compile"], summary
     assert stages["env"] == "rc=0" and stages["fps_bf16"] == "rc=0", summary + r.stdout
     assert stages["memcheck"] == "rc=skipped" and stages["tests_cuda"] == "rc=skipped"
     assert (tmp_path / "fps_bf16.json").stat().st_size > 0 and (tmp_path / "env.log").exists()

@@ -9,8 +9,13 @@ offset + (i + 1) * stride + e for element e), so both paths draw the same number
 rng_state is advanced past them in the same way.
 
 Implementations: `sample_ref` (the model and Diffusion.sample on the reference backend: the
-definition) and `diffupose::sample` (C++ CPU, csrc/sample_cpu.cpp), which computes in float32
-whatever the activation dtype. The weights are packed once per model ([w0 | w1] side by side,
+definition), `diffupose::sample` (C++: CPU, csrc/sample_cpu.cpp, and CUDA, csrc/cuda/sample_cuda.cu)
+and `diffupose::sample_triton` (kernels/sample.py). The CPU op computes in float32 whatever the
+activation dtype; on a GPU (CUDA and Triton) a float16 / bfloat16 activation dtype puts the hidden
+layers' GEMMs on fp16 tensor cores with fp32 accumulation (y is handed over in that dtype, which
+selects it), float32 keeps every product in fp32. The backend switch picks the implementation for
+CUDA tensors as for the other ops (auto: cuda > triton); CPU tensors take the C++ op, or the Triton
+kernel under TRITON_INTERPRET=1 when backend 'triton' is asked for (how its tests run). The weights are packed once per model ([w0 | w1] side by side,
 the out layer cut to its 3 eps channels, the affinities normalised) and re-packed when a
 parameter changes (version counters and storage, as GCNDenoiser.time_conditioning keys its
 cache). No gradient: it is inference only.
@@ -127,10 +132,46 @@ def _cpp_op():
     return op
 
 
+def _define_triton_op() -> None:
+    from diffupose.kernels import sample as K  # imports triton
+
+    @torch.library.custom_op("diffupose::sample_triton", mutates_args=())
+    def sample_triton(y: Tensor, weights: list[Tensor], film: Tensor, coefs: list[float], rng_state: Tensor,
+                      n_hyp: int, counter_stride: int, flip_perm: list[int], act: int, root: int,
+                      center_root: bool) -> tuple[Tensor, Tensor, Tensor]:
+        return K.sample_triton(y, weights, film, coefs, rng_state, n_hyp, counter_stride, flip_perm, act, root,
+                               center_root)
+
+    torch.library.register_fake("diffupose::sample_triton")(_fake)
+
+
+def _triton_op():
+    register_once("sample_triton", _define_triton_op)
+    return torch.ops.diffupose.sample_triton
+
+
+def _op_for(device: torch.device, backend: Optional[str]) -> tuple[str, object]:
+    """(kind, op) for tensors on `device` under the backend switch: the Triton op where 'triton'
+    resolves (CUDA, or the CPU under TRITON_INTERPRET=1), else the C++ op (its CPU or CUDA kernel by
+    the tensors' device; on the CPU also for 'reference', as before the GPU versions existed). There
+    is no reference *op*: the definition is sample_ref."""
+    name = _backend.resolve(backend, device)
+    if name == "triton":
+        return "triton", _triton_op()
+    if device.type == "cuda" and name != "cuda":
+        raise _backend.BackendUnavailable(
+            f"sample: the fused sampler on {device} needs the cuda or triton backend (resolved {name!r}); "
+            "use sample_ref or the per-layer path (Lifter(fused_sampler=False))")
+    return "cpp", _cpp_op()
+
+
 def fused_sampler_available(model: nn.Module, device, dtype: torch.dtype = torch.float32,
                             backend: Optional[str] = None) -> bool:
-    """Whether `sample` runs this model: a GCNDenoiser on the CPU with the extension built, an
-    activation dtype the op covers (it computes in float32: not float64) and the CPU backend."""
+    """Whether `sample` runs this model by default (Lifter(fused_sampler=None)): a GCNDenoiser on
+    the CPU with the extension built, an activation dtype the op covers (it computes in float32: not
+    float64) and the CPU backend. The GPU versions (CUDA, Triton) are not a default until a GPU has
+    run their tests (docs/DESIGN.md, "How the GPU runs the whole sampler"); Lifter(fused_sampler=True)
+    or `sample` itself runs them on CUDA tensors."""
     from ..model import GCNDenoiser
 
     device = torch.device(device)
@@ -148,10 +189,11 @@ def fused_sampler_available(model: nn.Module, device, dtype: torch.dtype = torch
 def sample(model: nn.Module, diffusion, y: Tensor, n_hyp: int = 1, steps: Optional[int] = 5, eta: float = 0.0,
            ddpm: bool = False, rng_state: Optional[Tensor] = None, seed: int = 0, flip=None,
            dtype: torch.dtype = torch.float32, counter_stride: Optional[int] = None,
-           center: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """Diffusion.sample (+ root centring) in one call of diffupose::sample; the same arguments and
-    results as `sample_ref` (float32 results; dtype is accepted for the same signature, the op
-    computes in float32). flip: a Skeleton, its name, or None."""
+           center: bool = False, backend: Optional[str] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Diffusion.sample (+ root centring) in one call of diffupose::sample (or sample_triton); the
+    same arguments and results as `sample_ref` (float32 results; on the CPU dtype is accepted for the
+    same signature and the op computes in float32, on a GPU a half dtype selects fp16 tensor-core
+    GEMMs). flip: a Skeleton, its name, or None; backend: the switch's choice (default: the current one)."""
     from ..model import GCNDenoiser
     from ..skeleton import get_skeleton
 
@@ -164,12 +206,14 @@ def sample(model: nn.Module, diffusion, y: Tensor, n_hyp: int = 1, steps: Option
         raise ValueError(f"sample: y has {y.shape[1]} joints, the model {J}")
     if n_hyp < 1:
         raise ValueError(f"sample: n_hyp must be >= 1, got {n_hyp}")
-    if y.device.type != "cpu":
-        raise ValueError(f"sample: the fused sampler runs on the CPU, y is on {y.device}")
+    if y.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"sample: the fused sampler runs on the CPU or a CUDA GPU, y is on {y.device}")
     if rng_state is None:
-        rng_state = torch.tensor([seed, 0], dtype=torch.int64)
-    if rng_state.dtype != torch.int64 or rng_state.numel() != 2 or rng_state.device.type != "cpu":
-        raise ValueError("sample: rng_state must be an int64 CPU tensor [seed, offset]")
+        rng_state = torch.tensor([seed, 0], dtype=torch.int64, device=y.device)
+    if rng_state.dtype != torch.int64 or rng_state.numel() != 2 or rng_state.device != y.device:
+        where = "CPU" if y.device.type == "cpu" else str(y.device)
+        raise ValueError(f"sample: rng_state must be an int64 {where} tensor [seed, offset]")
+    kind, op = _op_for(y.device, backend)
     skel = get_skeleton(flip) if isinstance(flip, str) else flip
     if skel is not None and skel.num_joints != J:
         raise ValueError(f"sample: flip skeleton {skel.name} has {skel.num_joints} joints, the model {J}")
@@ -181,8 +225,12 @@ def sample(model: nn.Module, diffusion, y: Tensor, n_hyp: int = 1, steps: Option
     film = film_table(model, [t for t, _ in plan], y.device)
     coefs = [float(v) for _, c in plan for v in c.as_args()]
     perm = list(skel.flip_permutation) if skel is not None else []
-    hyp, mean, spread = _cpp_op()(y, pack_weights(model), film, coefs, rng_state, int(n_hyp), stride, perm,
-                                  ACTIVATIONS[model.cfg.act], model.skeleton.parents.index(-1), bool(center))
+    if y.device.type == "cpu" and kind == "cpp":
+        y_in = y  # the CPU op computes in float32 from y as given
+    else:  # a GPU kernel: y in the activation dtype asks for the tensor-core GEMMs (half), fp32 otherwise
+        y_in = y.to(dtype) if dtype in (torch.float16, torch.bfloat16) else y.float()
+    hyp, mean, spread = op(y_in, pack_weights(model), film, coefs, rng_state, int(n_hyp), stride, perm,
+                           ACTIVATIONS[model.cfg.act], model.skeleton.parents.index(-1), bool(center))
     rng_state[1] += (len(plan) + 1) * stride  # as Diffusion.sample: the next call draws fresh noise
     return hyp, mean, spread
 
