@@ -45,12 +45,13 @@
 #include "common/sampler_math.h"
 #include "cpu/flush_denormals.h"
 #include "cpu/mgcn_rows.h"
+#include "sample_check.h"
 
 namespace diffupose {
 namespace {
 
 constexpr int64_t kTileRows = 128;  // rows of a tile (flip twins included): its buffers ~0.8 MB at d 256
-constexpr int64_t kCoefs = 6;       // per step: sqrt_abar, sqrt_1m_abar, c_x0, c_eps, sigma, clip
+constexpr int64_t kCoefs = kSampleCoefs;
 
 // One packed graph convolution: w [cin, 2 cout] = [w0 | w1], m [J, cout], a [J, J], bias [cout].
 struct Conv {
@@ -300,33 +301,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_cpu(const at::Tensor& y_, 
                                                           const at::Tensor& rng_state, int64_t n_hyp,
                                                           int64_t counter_stride, c10::ArrayRef<int64_t> flip_perm,
                                                           int64_t act, int64_t root, bool center_root) {
-  TORCH_CHECK(y_.dim() == 3 && y_.size(2) == 2 && y_.is_floating_point(),
-              "sample: y must be floating-point [B, J, 2], got ", y_.sizes());
-  const int64_t B = y_.size(0), J = y_.size(1);
-  TORCH_CHECK(J >= 1, "sample: y has no joints");
-  TORCH_CHECK(n_hyp >= 1, "sample: n_hyp must be >= 1, got ", n_hyp);
-  TORCH_CHECK(weights.size() >= 8 && weights.size() % 8 == 0,
-              "sample: weights must be 4 tensors per layer for the input layer, 2 per block and the out layer, got ",
-              weights.size());
-  const int64_t nb = (static_cast<int64_t>(weights.size()) / 4 - 2) / 2;
-  TORCH_CHECK(film_.dim() == 4 && film_.size(1) == nb && film_.size(2) == 2,
-              "sample: film must be [steps, ", nb, ", 2, d_model], got ", film_.sizes());
-  const int64_t S = film_.size(0), d = weights[1].dim() == 2 ? weights[1].size(1) : -1;
-  TORCH_CHECK(S >= 1 && static_cast<int64_t>(coefs.size()) == S * kCoefs, "sample: coefs must hold ", kCoefs,
-              " numbers for each of the film's ", S, " steps, got ", coefs.size());
-  TORCH_CHECK(d >= 1 && film_.size(3) == d, "sample: film must be [steps, ", nb, ", 2, ", d, "], got ",
-              film_.sizes());
-  TORCH_CHECK(rng_state.device().is_cpu() && rng_state.scalar_type() == at::kLong && rng_state.numel() == 2,
-              "sample: rng_state must be an int64 CPU tensor [seed, offset]");
-  TORCH_CHECK(y_.device().is_cpu() && film_.device().is_cpu(), "sample: y and film must be CPU tensors");
-  const int64_t M = B * n_hyp;
-  TORCH_CHECK(counter_stride >= M * J * 3, "sample: counter_stride ", counter_stride, " is smaller than the ",
-              M * J * 3, " elements of a step");
-  TORCH_CHECK(flip_perm.empty() || static_cast<int64_t>(flip_perm.size()) == J, "sample: flip_perm must be empty or ",
-              J, " joints, got ", flip_perm.size());
-  for (int64_t v : flip_perm) TORCH_CHECK(v >= 0 && v < J, "sample: flip_perm entry ", v, " is not a joint of ", J);
-  TORCH_CHECK(act >= 0 && act <= 2, "sample: act must be 0 (none), 1 (relu) or 2 (silu), got ", act);
-  TORCH_CHECK(root >= 0 && root < J, "sample: root ", root, " is not a joint of ", J);
+  const SampleDims dims = check_sample_args(y_, weights, film_, coefs, rng_state, n_hyp, counter_stride, flip_perm,
+                                            act, root);
+  TORCH_CHECK(y_.device().is_cpu(), "sample: y must be a CPU tensor here");
+  const int64_t B = dims.B, J = dims.J, nb = dims.nb, S = dims.S, d = dims.d, M = dims.M;
 
   Job p;
   p.N = n_hyp, p.J = J, p.d = d, p.nb = nb, p.S = S;

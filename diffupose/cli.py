@@ -312,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                "      --checkpoint runs/h36m/model --device cuda --oracle")
     d = ev.add_argument_group("data")
     d.add_argument("--dataset", choices=DATASETS, default="cmu",
-                   help="cmu (the embedded set, test split: an unseen subject and unseen takes), h36m or humaneva "
-                        "(bring your own files)")
+                   help="cmu (the embedded set, test split: an unseen subject and unseen takes), hdm05 (embedded: two "
+                        "unseen people and unseen takes), cmu+hdm05 (both test splits), h36m or humaneva (bring your "
+                        "own files)")
     d.add_argument("--data-dir", metavar="DIR", default=None,
                    help="folder with the dataset's files in the VideoPose3D layout (data_3d_*.npz, data_2d_*.npz); "
                         "required for h36m and humaneva, optional for cmu (default: the embedded copy)")

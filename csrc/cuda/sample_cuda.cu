@@ -56,6 +56,7 @@
 #include <mutex>
 #include <vector>
 
+#include "sample_check.h"
 #include "common/activation.h"
 #include "common/philox.h"
 #include "common/sampler_math.h"
@@ -72,7 +73,7 @@ constexpr int kMaxJ = 64;
 constexpr int kMaxBlocks = 16;
 constexpr int kMaxLayers = 2 + 2 * kMaxBlocks;
 constexpr int kMaxStepsPerLaunch = 32;
-constexpr int kCoefs = 6;  // per step: sqrt_abar, sqrt_1m_abar, c_x0, c_eps, sigma, clip
+constexpr int kCoefs = static_cast<int>(kSampleCoefs);
 
 // One packed graph convolution: w [cin, 2 cout] = [w0 | w1], m [J, cout], a [J, J], bias [cout];
 // wh: w in half (tensor-core path, hidden layers only), else nullptr.
@@ -440,37 +441,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_cuda(const at::Tensor& y_,
                                                            const at::Tensor& rng_state, int64_t n_hyp,
                                                            int64_t counter_stride, c10::ArrayRef<int64_t> flip_perm,
                                                            int64_t act, int64_t root, bool center_root) {
-  // the checks of sample_cpu.cpp, same messages, plus this kernel's limits
-  TORCH_CHECK(y_.dim() == 3 && y_.size(2) == 2 && y_.is_floating_point(),
-              "sample: y must be floating-point [B, J, 2], got ", y_.sizes());
-  const int64_t B = y_.size(0), J = y_.size(1);
-  TORCH_CHECK(J >= 1, "sample: y has no joints");
+  // the checks of sample_cpu.cpp (sample_check.h), plus this kernel's limits
+  const SampleDims dims = check_sample_args(y_, weights, film_, coefs, rng_state, n_hyp, counter_stride, flip_perm,
+                                            act, root);
+  const int64_t B = dims.B, J = dims.J, nb = dims.nb, S = dims.S, d = dims.d, M = dims.M;
   TORCH_CHECK(J <= kMaxJ, "sample: the CUDA kernel takes at most ", kMaxJ, " joints, got ", J);
-  TORCH_CHECK(n_hyp >= 1, "sample: n_hyp must be >= 1, got ", n_hyp);
-  TORCH_CHECK(weights.size() >= 8 && weights.size() % 8 == 0,
-              "sample: weights must be 4 tensors per layer for the input layer, 2 per block and the out layer, got ",
-              weights.size());
-  const int64_t nb = (static_cast<int64_t>(weights.size()) / 4 - 2) / 2;
   TORCH_CHECK(nb <= kMaxBlocks, "sample: the CUDA kernel takes at most ", kMaxBlocks, " blocks, got ", nb);
-  TORCH_CHECK(film_.dim() == 4 && film_.size(1) == nb && film_.size(2) == 2,
-              "sample: film must be [steps, ", nb, ", 2, d_model], got ", film_.sizes());
-  const int64_t S = film_.size(0), d = weights[1].dim() == 2 ? weights[1].size(1) : -1;
-  TORCH_CHECK(S >= 1 && static_cast<int64_t>(coefs.size()) == S * kCoefs, "sample: coefs must hold ", kCoefs,
-              " numbers for each of the film's ", S, " steps, got ", coefs.size());
-  TORCH_CHECK(d >= 1 && film_.size(3) == d, "sample: film must be [steps, ", nb, ", 2, ", d, "], got ",
-              film_.sizes());
   const at::Device dev = y_.device();
-  TORCH_CHECK(rng_state.device() == dev && rng_state.scalar_type() == at::kLong && rng_state.numel() == 2,
-              "sample: rng_state must be an int64 tensor [seed, offset] on ", dev);
-  TORCH_CHECK(film_.device() == dev, "sample: y and film must be on one device");
-  const int64_t M = B * n_hyp;
-  TORCH_CHECK(counter_stride >= M * J * 3, "sample: counter_stride ", counter_stride, " is smaller than the ",
-              M * J * 3, " elements of a step");
-  TORCH_CHECK(flip_perm.empty() || static_cast<int64_t>(flip_perm.size()) == J, "sample: flip_perm must be empty or ",
-              J, " joints, got ", flip_perm.size());
-  for (int64_t v : flip_perm) TORCH_CHECK(v >= 0 && v < J, "sample: flip_perm entry ", v, " is not a joint of ", J);
-  TORCH_CHECK(act >= 0 && act <= 2, "sample: act must be 0 (none), 1 (relu) or 2 (silu), got ", act);
-  TORCH_CHECK(root >= 0 && root < J, "sample: root ", root, " is not a joint of ", J);
   check_conv(&weights[0], J, 5, d, 0, dev);
   for (int64_t l = 1; l <= 2 * nb; ++l) check_conv(&weights[4 * l], J, d, d, l, dev);
   check_conv(&weights[4 * (1 + 2 * nb)], J, d, 3, 1 + 2 * nb, dev);
