@@ -387,7 +387,7 @@ def environment(device) -> dict:
         env["cuda"] = torch.version.cuda
     else:
         env["cpu"] = platform.processor() or "cpu"
-        env["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "default (spin)")
+        env["openmp_wait"] = diffupose.openmp_wait_policy()
     try:
         import triton
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -121,7 +120,7 @@ def main(argv=None):
         (["cuda", "triton"] if device.type == "cuda" else ["cpu"])
     print(f"# torch {torch.__version__}, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
           f" ({torch.get_num_threads()} threads), d_model {args.d_model}, blocks {args.blocks}, batch {args.batch}, "
-          f"amp {args.amp}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'default (spin)')}")
+          f"amp {args.amp}, OpenMP wait {diffupose.openmp_wait_policy()}")
     print("# command: python " + " ".join(sys.argv))
     rows = []
     for name in candidates:

@@ -12,13 +12,23 @@ import os as _os
 import sys as _sys
 
 # OpenMP threads that wait for a descheduled sibling by spinning collapse on a shared CPU (a
-# detector or a second job beside us): 40 training steps (d 128, batch 256, 2 threads on 2 cores)
-# beside one busy process took 198 s with GNU OpenMP's default spin-wait and 11.6 s with
-# OMP_WAIT_POLICY=PASSIVE (one thread: 14.9 s); docs/BENCHMARKS.md has the idle cost. The runtime
-# reads the policy once, when torch loads it, so this works only if torch is not imported yet
-# (diffupose's commands and scripts import diffupose first); a policy set by the user wins.
-if "torch" not in _sys.modules:
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# detector or a second job beside us). GNU OpenMP spins 300,000 times (milliseconds) before it
+# sleeps, so on 2 cores beside one busy process a spinning thread holds the core its sibling
+# needs: a training step (d 128, batch 256, 2 threads) took 15-17x its time alone. Sleeping at
+# once (OMP_WAIT_POLICY=PASSIVE) cost 1.35-1.5x when the machine is idle; 1,000 spins (tens of
+# microseconds) cost ~1.2x idle and 1.5-1.75x beside a busy process (docs/BENCHMARKS.md). The
+# runtime reads this once, when torch loads it, so it works only if torch is not imported yet
+# (diffupose's commands and scripts import diffupose first); the user's own setting wins.
+if "torch" not in _sys.modules and "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+
+def openmp_wait_policy() -> str:
+    """How OpenMP threads wait, as the environment tells the runtime (for benchmark headers)."""
+    policy = _os.environ.get("OMP_WAIT_POLICY")
+    spins = _os.environ.get("GOMP_SPINCOUNT")
+    return ", ".join(x for x in (policy and f"OMP_WAIT_POLICY={policy}", spins and f"GOMP_SPINCOUNT={spins}")
+                     if x) or "the runtime's default (GNU: 300,000 spins, then sleep)"
 
 from .skeleton import H36M16, H36M17, HUMANEVA15, Skeleton, get_skeleton  # noqa: E402,F401
 from .api import Lifted, LiftError, PoseLifter, load_lifter  # noqa: E402,F401
