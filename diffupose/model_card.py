@@ -60,28 +60,39 @@ def _row(ev) -> dict:
     return {"mpjpe": round(ev.mpjpe["Avg"], 2), "p_mpjpe": round(ev.p_mpjpe["Avg"], 2)}
 
 
-def test_rows(model, diffusion, train, test, baselines: dict, *, ns=(1, 10, 20), steps: int = 5,
+def test_rows(model, diffusion, train, test, baselines: dict, parts: dict, *, ns=(1, 10, 20), steps: int = 5,
               flip: bool = True, seed: int = 0, progress: bool = False) -> dict:
-    """Rows name -> {mpjpe, p_mpjpe, seconds} on `test`: the mean pose, each baseline (name ->
-    (model, diffusion)), the checkpoint at each N with mean and median (one lift per N; the median
-    is of the same hypotheses), and the oracle best-of-N, named so."""
-    rows = {"training mean pose": _row(evaluate_mean_pose(train, test))}
-    for name, (bm, bd) in baselines.items():
-        ev = evaluate_model(bm, bd, test, hypotheses=(1,), steps=steps, flip=flip, seed=seed, oracle=False)[1]
-        rows[name] = {**_row(ev), "seconds": round(ev.extra["seconds"], 1)}
+    """part -> rows name -> {mpjpe, p_mpjpe}: the mean pose, each baseline (name -> (model,
+    diffusion)), the checkpoint at each N with mean and median (one lift of `test` per N; the
+    median is of the same hypotheses; each part a mask [rows] of `test`), and the oracle best-of-N,
+    named so. The seconds of each lift of the whole of `test` go in rows["seconds"]."""
+    out = {name: {} for name in parts}
+    seconds, hypotheses = {}, {}
+
+    def score(label, pred, hyp=None, oracle=False):
+        for name, mask in parts.items():
+            ev = evaluate_poseset(pred[mask], test.subset(mask), hyp[mask] if hyp is not None else None)
+            out[name][label] = _row(ev)
+            if oracle:
+                out[name][f"oracle best of {hyp.shape[1]} (uses ground truth; not a prediction)"] = {
+                    "mpjpe": round(ev.oracle_mpjpe["Avg"], 2), "p_mpjpe": round(ev.oracle_p_mpjpe["Avg"], 2)}
+
+    for name, mask in parts.items():
+        out[name]["training mean pose"] = _row(evaluate_mean_pose(train, test.subset(mask)))
+    for label, (bm, bd) in baselines.items():
+        p = predict(bm, bd, test, n_hyp=1, steps=steps, flip=flip, seed=seed)
+        seconds[label] = round(p.seconds, 1)
+        score(label, p.mean)
     for n in ns:
-        t0 = time.perf_counter()
         p = predict(model, diffusion, test, n_hyp=n, steps=steps, flip=flip, seed=seed, progress=progress,
                     desc=f"N={n}")
-        sec = time.perf_counter() - t0
-        hyp = p.hypotheses
-        ev = evaluate_poseset(p.mean, test, hyp if n > 1 else None)
-        rows[f"DiffuPose N={n}" + (", mean" if n > 1 else "")] = {**_row(ev), "seconds": round(sec, 1)}
+        label = f"DiffuPose N={n}" + (", mean" if n > 1 else "")
+        seconds[label] = round(p.seconds, 1)
+        hypotheses[n] = p.hypotheses
+        score(label, p.mean, p.hypotheses if n > 1 else None, oracle=n > 1)
         if n > 1:
-            rows[f"DiffuPose N={n}, median"] = _row(evaluate_poseset(np.median(hyp, axis=1), test))
-            rows[f"oracle best of {n} (uses ground truth; not a prediction)"] = {
-                "mpjpe": round(ev.oracle_mpjpe["Avg"], 2), "p_mpjpe": round(ev.oracle_p_mpjpe["Avg"], 2)}
-    return rows
+            score(f"DiffuPose N={n}, median", np.median(p.hypotheses, axis=1))
+    return {"rows": out, "seconds": seconds, "hypotheses": hypotheses}
 
 
 def sampler_rows(model, diffusion, test, *, ns=(1, 10), ddim_steps=(2, 5, 10, 20), flip: bool = True,
@@ -97,14 +108,15 @@ def sampler_rows(model, diffusion, test, *, ns=(1, 10), ddim_steps=(2, 5, 10, 20
 
 
 def spread_rows(model, diffusion, test, calib: Optional[dict], *, n: int = 10, steps: int = 5, flip: bool = True,
-                seed: int = 0) -> dict:
+                seed: int = 0, hypotheses: Optional[np.ndarray] = None) -> dict:
     """Coverage of the mean's joint errors within 2x spread and within the calibrated radius, and
     Spearman(spread, error), on `test` (the root left out: 0 error, 0 spread)."""
     from . import aggregate as agg
     from .calibration import radius
 
-    p = predict(model, diffusion, test, n_hyp=n, steps=steps, flip=flip, seed=seed)
-    hyp = torch.as_tensor(p.hypotheses, dtype=torch.float64)
+    if hypotheses is None:  # else: a lift of `test` at this N, from test_rows
+        hypotheses = predict(model, diffusion, test, n_hyp=n, steps=steps, flip=flip, seed=seed).hypotheses
+    hyp = torch.as_tensor(hypotheses, dtype=torch.float64)
     err = (hyp.mean(1) - torch.as_tensor(test.pose3d, dtype=torch.float64)).norm(dim=-1).numpy()
     spr = agg.spread(hyp).numpy()
     keep = [j for j, parent in enumerate(model.skeleton.parents) if parent != -1]
@@ -117,46 +129,42 @@ def spread_rows(model, diffusion, test, calib: Optional[dict], *, n: int = 10, s
     return out
 
 
-def subset_of(ps, subjects: Sequence[str]):
-    return ps.subset(np.isin(ps.subject, list(subjects)))
-
-
-def card(model, diffusion, config: dict, train, tests: dict, baselines: dict, *, max_frames: int = 0,
+def card(model, diffusion, config: dict, train, test, parts: dict, baselines: dict, *, max_frames: int = 0,
          sampler_frames: int = 1000, x0_frames: int = 2000, ts: Optional[Sequence[int]] = None, flip: bool = True,
          seed: int = 0, progress: bool = False, log=print) -> dict:
-    """Every section of the card. tests: name -> PoseSet (the first is the headline set)."""
-    out: dict = {"tests": {}}
-    first = next(iter(tests))
+    """Every section of the card on `test` (cut to max_frames rows spread evenly); parts: name ->
+    subjects, each a table of its own (e.g. the whole test split and each dataset in it)."""
     T = diffusion.T
     ts = ts or sorted({min(T - 1, round(f * T)) for f in (0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)})
-    for name, ps in tests.items():
-        sub, _ = subsample(ps, max_frames)
-        log(f"[card] test rows on {name}: {len(sub):,} of {len(ps):,} frames")
-        out["tests"][name] = {"frames": len(sub), "frames_in_split": len(ps),
-                              "rows": test_rows(model, diffusion, train, sub, baselines, flip=flip, seed=seed,
-                                                progress=progress)}
-    head, _ = subsample(tests[first], max_frames)
-    log(f"[card] spread on {first}")
-    out["spread"] = spread_rows(model, diffusion, head, config.get("calibration"), flip=flip, seed=seed)
-    sub, _ = subsample(tests[first], sampler_frames)
-    log(f"[card] samplers on {len(sub):,} frames of {first}")
-    out["samplers"] = {"frames": len(sub), "rows": sampler_rows(model, diffusion, sub, flip=flip, seed=seed)}
-    sub, _ = subsample(tests[first], x0_frames)
-    log(f"[card] x0 error by timestep on {len(sub):,} frames of {first}")
-    out["x0_by_timestep"] = {"frames": len(sub), "mpjpe_mm": x0_error_by_timestep(model, diffusion, sub, ts,
-                                                                                  flip=flip, seed=seed)}
+    sub, _ = subsample(test, max_frames)
+    masks = {name: np.isin(sub.subject, list(subjects)) for name, subjects in parts.items()}
+    log(f"[card] test rows: {len(sub):,} of {len(test):,} test frames")
+    rows = test_rows(model, diffusion, train, sub, baselines, masks, flip=flip, seed=seed, progress=progress)
+    hyps = rows.pop("hypotheses")
+    out: dict = {"frames": {name: int(m.sum()) for name, m in masks.items()}, "frames_in_split": len(test), **rows}
+    log("[card] spread")
+    out["spread"] = spread_rows(model, diffusion, sub, config.get("calibration"), flip=flip, seed=seed,
+                                hypotheses=hyps.get(10))
+    s2, _ = subsample(test, sampler_frames)
+    log(f"[card] samplers on {len(s2):,} frames")
+    out["samplers"] = {"frames": len(s2), "rows": sampler_rows(model, diffusion, s2, flip=flip, seed=seed)}
+    s3, _ = subsample(test, x0_frames)
+    log(f"[card] x0 error by timestep on {len(s3):,} frames")
+    out["x0_by_timestep"] = {"frames": len(s3), "mpjpe_mm": x0_error_by_timestep(model, diffusion, s3, ts,
+                                                                                 flip=flip, seed=seed)}
     return out
 
 
 def markdown(doc: dict) -> str:
     """The card's tables as Markdown."""
     lines = []
-    for name, t in doc["tests"].items():
-        lines += [f"**{name}** ({t['frames']:,} test frames" + (
-            f" of {t['frames_in_split']:,}" if t["frames"] != t["frames_in_split"] else "") + ")", "",
+    for name, rows in doc["rows"].items():
+        lines += [f"**{name}** ({doc['frames'][name]:,} test frames)", "",
                   "| model | MPJPE (mm) | P-MPJPE (mm) |", "| --- | ---: | ---: |"]
-        lines += [f"| {k} | {v['mpjpe']:.1f} | {v['p_mpjpe']:.1f} |" for k, v in t["rows"].items()]
+        lines += [f"| {k} | {v['mpjpe']:.1f} | {v['p_mpjpe']:.1f} |" for k, v in rows.items()]
         lines.append("")
+    lines += ["Lifting seconds (all parts together): " + ", ".join(f"{k} {v:g} s" for k, v in doc["seconds"].items()),
+              ""]
     s = doc["spread"]
     lines += [f"Spread (N = {s['N']}, {s['frames']:,} frames): {s['coverage_2x_spread']:.1%} of joint errors within "
               f"2x spread" + (f", {s['coverage_calibrated_radius']:.1%} within the calibrated radius"

@@ -63,8 +63,9 @@ def test_model_card_script(tmp_path):
                        capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin"})
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads((tmp_path / "c.json").read_text())
-    assert list(doc["tests"]) == ["cmu+hdm05 test", "cmu test", "hdm05 test"]
-    rows = doc["tests"]["cmu test"]["rows"]
+    assert list(doc["rows"]) == ["cmu+hdm05 test", "cmu test", "hdm05 test"]
+    assert doc["frames"]["cmu test"] + doc["frames"]["hdm05 test"] == doc["frames"]["cmu+hdm05 test"] == 40
+    rows = doc["rows"]["cmu test"]
     assert {"training mean pose", "GCN regressor", "DiffuPose N=1", "DiffuPose N=10, mean", "DiffuPose N=10, median",
             "oracle best of 10 (uses ground truth; not a prediction)"} <= set(rows)
     assert [(s["sampler"], s["steps"]) for s in doc["samplers"]["rows"][:5]] == [

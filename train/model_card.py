@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="cmu+hdm05", help="training data (the headline test set; a union's parts "
                                                           "are reported too)")
     p.add_argument("--keypoints", default="det")
-    p.add_argument("--max-frames", type=int, default=0, help="test frames per set, spread evenly (0: all)")
+    p.add_argument("--max-frames", type=int, default=0, help="test frames, spread evenly (0: all)")
     p.add_argument("--sampler-frames", type=int, default=1000)
     p.add_argument("--x0-frames", type=int, default=2000)
     p.add_argument("--json", default=None)
@@ -38,13 +38,13 @@ def main(argv=None) -> int:
             bm, bd, _ = load_checkpoint(path)
             baselines[name or path] = (bm, bd)
         train, test = load_dataset(args.dataset, keypoints=args.keypoints)
-        tests = {f"{args.dataset} test": test}
+        parts = {f"{args.dataset} test": sorted(set(test.subject.tolist()))}
         for part in COMBINED.get(args.dataset, ()):
-            tests[f"{part} test"] = load_dataset(part, keypoints=args.keypoints)[1]
+            parts[f"{part} test"] = sorted(set(load_dataset(part, keypoints=args.keypoints)[1].subject.tolist()))
     except (CheckpointError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    doc = card(model, diffusion, config, train, tests, baselines, max_frames=args.max_frames,
+    doc = card(model, diffusion, config, train, test, parts, baselines, max_frames=args.max_frames,
                sampler_frames=args.sampler_frames, x0_frames=args.x0_frames)
     doc.update(checkpoint=str(args.checkpoint), keypoints=args.keypoints,
                baselines={k: v for k, v in (s.rpartition("=")[::2] for s in args.baseline)})
