@@ -73,22 +73,20 @@ def step_time(backend, args, device, compiled=False) -> dict:
     for _ in range(args.warmup - 1):
         step()
     sync()
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    out["step_s"] = statistics.median(times)
+
+    def median_step() -> float:
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    out["step_s"] = median_step()
     if args.contend:
         with busy_processes(args.contend):
-            times = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                step()
-                sync()
-                times.append(time.perf_counter() - t0)
-        out["contended_step_s"] = statistics.median(times)
+            out["contended_step_s"] = median_step()
     if compiled:
         out.update(compile_counts())
     reset_compiled()
