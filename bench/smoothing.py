@@ -1,6 +1,7 @@
 """Smooth video: MPJPE and acceleration error (mm / frame^2) of the lifted aggregate, without and
 with the One Euro filter (`diffupose lift --smooth oneeuro`), per clip of the embedded CMU set's
-detector-like 2D (20 frames/s), with the shipped checkpoint. The README's "Smooth video" table.
+detector-like 2D (20 frames/s), with the shipped checkpoint (the README's "Smooth video" table was measured
+with `--checkpoint diffupose/assets/checkpoints/cmu_gcn`, the default before cmu_hdm05_gcn).
 
   python bench/smoothing.py                       # the test clips, the default setting
   python bench/smoothing.py --camera 0 --grid     # those of camera 0 (a quarter of the time), a grid

@@ -5,7 +5,7 @@
     result = lifter.lift("keypoints.json", image_size=(1920, 1080))
     result.pose3d                                          # [F, 17, 3] metres
 
-`load_lifter` loads a checkpoint (the shipped CMU-trained GCN by default) and fixes the sampling
+`load_lifter` loads a checkpoint (the shipped GCN, trained on the CMU and HDM05 sets, by default) and fixes the sampling
 settings; `PoseLifter.lift` takes a keypoint file (any format `diffupose.keypoints.read_keypoints`
 reads: COCO / COCO-WholeBody JSON, an OpenPose folder, MediaPipe JSON or CSV, .npy/.npz, CSV) or a
 numpy array [frames, joints, 2 or 3], runs the same checks as `diffupose lift` (the same one-line
@@ -383,7 +383,7 @@ def load_lifter(checkpoint: Optional[Union[str, Path]] = None, *, device="auto",
                 smooth: str = "none", fps: Optional[float] = None, smooth_min_cutoff: Optional[float] = None,
                 smooth_beta: Optional[float] = None, on_note: Optional[Callable[[str], None]] = None,
                 _shipped: Path = DEFAULT_CHECKPOINT) -> "PoseLifter":
-    """A `PoseLifter` for a checkpoint: None for the shipped CMU-trained GCN, or the stem / folder /
+    """A `PoseLifter` for a checkpoint: None for the shipped GCN (cmu_hdm05_gcn), or the stem / folder /
     .safetensors / .json of one written by diffupose training.
 
     device: 'auto' (CUDA if there is one), 'cpu', 'cuda', 'cuda:N'; hypotheses: N per frame;

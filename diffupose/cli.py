@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--smooth-beta", type=_nonneg_float, default=DEFAULT_BETA, metavar="B",
                    help="One Euro: how fast the cut-off rises with a joint's speed, Hz per m/s (higher: less lag)")
     _add_model_options(lift, "model checkpoint: <stem>.safetensors + <stem>.json, the stem, or a folder with "
-                             "model.*; default: the shipped CMU-trained GCN (diffupose/assets/checkpoints/cmu_gcn)")
+                             "model.*; default: the shipped GCN trained on the CMU and HDM05 sets (diffupose/assets/checkpoints/"
+                             "cmu_hdm05_gcn, CC BY-SA 3.0; cmu_gcn beside it: CMU only)")
     lift.add_argument("-q", "--quiet", action="store_true",
                       help="no progress bar and no notes (errors and warnings still shown)")
     lift.set_defaults(func=cmd_lift)
@@ -334,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the summary, the per-action numbers and the settings to this JSON file")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes (errors still shown)")
     _add_model_options(ev, "checkpoint to evaluate: <stem>.safetensors + <stem>.json, the stem, or a folder with "
-                           "model.* (default: the shipped CMU-trained GCN)", several_n=True, flip_default=True,
+                           "model.* (default: the shipped GCN, cmu_hdm05_gcn)", several_n=True, flip_default=True,
                        batch_default="4096 on CUDA, about 4096 / N on CPU")
     ev.set_defaults(func=cmd_eval)
 
@@ -346,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the checkpoint's JSON. Every lift with it then records the calibration: factor x scale_j x "
                     "spread is the distance within which --coverage of a joint's validation errors fell (Lifted."
                     "radius in Python). The weights are not touched.",
-        epilog="example:\n  diffupose calibrate --checkpoint runs/mocap/model -n 10")
+        epilog="examples:\n  # train with a validation part held out, then calibrate on it\n"
+               "  python train/h36m.py --dataset cmu+hdm05 --keypoints det --val-fraction 0.05 --out runs/mocap\n"
+               "  diffupose calibrate --checkpoint runs/mocap/model -n 10")
     cal.add_argument("--checkpoint", metavar="PATH", required=True, help="checkpoint to calibrate (it is rewritten)")
     cal.add_argument("-n", "--hypotheses", type=_positive_int, default=10, metavar="N",
                      help="hypotheses per frame of the lifts the calibration is for")
@@ -410,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", metavar="FILE", default=None, help="also write the numbers to this JSON file")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes (errors still shown)")
     _add_model_options(demo, "checkpoint to run: <stem>.safetensors + <stem>.json, the stem, or a folder with "
-                             "model.* (default: the shipped CMU-trained GCN, diffupose/assets/checkpoints/cmu_gcn)",
+                             "model.* (default: the shipped GCN, diffupose/assets/checkpoints/cmu_hdm05_gcn)",
                        flip_default=True, batch_default="4096 on CUDA, about 4096 / N on CPU")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 SMOOTHERS = ("none", "oneeuro")
-# Chosen on the embedded CMU training clips (detector-like 2D, 20 Hz, the shipped checkpoint, N = 10;
+# Chosen on the embedded CMU training clips (detector-like 2D, 20 Hz, the checkpoint cmu_gcn, N = 10;
 # `python bench/smoothing.py --part train --grid`): of the settings whose MPJPE is within 0.5 mm of
 # the grid's best, the one with the lowest acceleration error; then measured on the test clips
 # (README "Smooth video"). Units: Hz and Hz per (m/s).

@@ -397,7 +397,7 @@ def _subparsers(parser):
 def test_every_option_has_help_and_every_command_an_example(capsys):
     parser = cli.build_parser()
     commands = _subparsers(parser)
-    assert set(commands) == {"lift", "viz", "eval", "import-mocap", "demo"}
+    assert set(commands) == {"lift", "viz", "eval", "calibrate", "import-mocap", "demo"}
     for name, sub in commands.items():
         for action in sub._actions:
             assert action.help and action.help.strip(), f"{name}: {action.option_strings or action.dest} has no help"

@@ -202,10 +202,13 @@ def test_config_without_norm_reads_as_no_norm():
         ModelConfig(norm="group")
 
 
-def test_shipped_checkpoint_still_loads():
-    from diffupose.checkpoint import load_checkpoint
-    from diffupose.evaluate import DEFAULT_CHECKPOINT
+def test_shipped_checkpoints_load():
+    from diffupose.checkpoint import CMU_ONLY_CHECKPOINT, DEFAULT_CHECKPOINT, load_checkpoint
 
-    model, _, config = load_checkpoint(DEFAULT_CHECKPOINT)
+    # written before ModelConfig.norm existed: reads as no norm, as it was trained
+    model, _, config = load_checkpoint(CMU_ONLY_CHECKPOINT)
     assert "norm" not in config["model"] and model.cfg.norm == "none"
     assert all(c.norm is None for c in model.net.layers())
+    model, _, config = load_checkpoint(DEFAULT_CHECKPOINT)
+    assert model.cfg.norm == "batch" and config["dataset"]["name"] == "cmu+hdm05"
+    assert len(config["calibration"]["spread_scale"]) == 17 and config["dataset"]["val_fraction"] > 0
