@@ -92,6 +92,16 @@ def spread(hypotheses, center: Optional[Tensor] = None) -> Tensor:
     return (h - c[:, None]).square().sum(-1).mean(1).sqrt()
 
 
+def mean_errors_and_spread(hypotheses, truth, parents) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(errors [F, J'] of the hypotheses' mean against `truth` [F, J, 3], spreads [F, J'], the J'
+    joints kept) in float64, the root left out (0 in every hypothesis and in the truth: 0 error,
+    0 spread): what coverage, spearman and calibrate_spread take."""
+    h = torch.as_tensor(np.asarray(hypotheses), dtype=torch.float64)
+    keep = [j for j, parent in enumerate(parents) if parent != -1]
+    err = (h.mean(1) - torch.as_tensor(np.asarray(truth), dtype=torch.float64)).norm(dim=-1).numpy()
+    return err[:, keep], spread(h).numpy()[:, keep], keep
+
+
 # ---------------------------------------------------------------------------------------------
 # calibration of the spread (needs errors: fitted on held-out training frames, not on the test)
 # ---------------------------------------------------------------------------------------------

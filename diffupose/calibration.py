@@ -13,7 +13,6 @@ the spread (docs/RESULTS.md measures both).
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -80,37 +79,31 @@ def fit(model, diffusion, val, *, n_hyp: int = 10, steps: int = 5, target: float
         seed: int = 0, max_frames: Optional[int] = 4000, backend=None, progress: bool = False) -> dict:
     """The per-joint scale that puts `target` of the validation joint errors of the mean within
     FACTOR * scale * spread (aggregate.calibrate_spread), with the numbers that justify it."""
-    import torch
-
     from . import aggregate as agg
     from .evaluate import predict, subsample
 
     val, _ = subsample(val, max_frames)
     p = predict(model, diffusion, val, n_hyp=n_hyp, steps=steps, flip=flip, seed=seed, backend=backend,
                 progress=progress, desc="calibrating")
-    hyp = torch.as_tensor(p.hypotheses, dtype=torch.float64)
-    err = (hyp.mean(1) - torch.as_tensor(val.pose3d, dtype=torch.float64)).norm(dim=-1).numpy()
-    spr = agg.spread(hyp).numpy()
-    root = [j for j, parent in enumerate(model.skeleton.parents) if parent == -1]
-    keep = [j for j in range(err.shape[1]) if j not in root]  # the root: 0 error, 0 spread
-    scale = np.zeros(err.shape[1])
-    scale[keep] = agg.calibrate_spread(err[:, keep], spr[:, keep], target, FACTOR)
+    err, spr, keep = agg.mean_errors_and_spread(p.hypotheses, val.pose3d, model.skeleton.parents)
+    scale = np.zeros(len(model.skeleton.parents))  # the root's stays 0 (0 spread, 0 error)
+    scale[keep] = agg.calibrate_spread(err, spr, target, FACTOR)
     if not np.isfinite(scale).all() or scale.max() > MAX_SCALE:
         raise CalibrationError("the hypotheses barely spread (spread ~0): the spread cannot be calibrated")
     return {"spread_scale": [round(float(k), 4) for k in scale], "coverage": target, "factor": FACTOR,
             "n_hyp": n_hyp, "steps": steps, "flip": flip, "val_frames": len(val),
-            "raw_coverage": round(agg.coverage(err[:, keep], spr[:, keep], FACTOR), 4),
-            "fitted_coverage": round(agg.coverage(err[:, keep], spr[:, keep] * scale[keep], FACTOR), 4),
+            "raw_coverage": round(agg.coverage(err, spr, FACTOR), 4),
+            "fitted_coverage": round(agg.coverage(err, spr * scale[keep], FACTOR), 4),
             "meaning": f"per joint, {target:.0%} of the validation errors of the mean of {n_hyp} hypotheses were "
                        f"within factor * spread_scale * spread of it"}
 
 
 def write(path, calib: dict) -> Path:
     """Store the calibration in a checkpoint's JSON (atomically; the weights are untouched)."""
-    from .checkpoint import atomic_write_bytes, checkpoint_paths, read_config
+    from .checkpoint import checkpoint_paths, read_config, write_config
 
     _, cpath = checkpoint_paths(path)
     config = read_config(path)
     config[CALIBRATION_KEY] = calib
-    atomic_write_bytes(cpath, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
+    write_config(cpath, config)
     return cpath

@@ -88,8 +88,13 @@ def save_checkpoint(path: PathLike, model: nn.Module, diffusion_cfg: DiffusionCo
         "metrics": metrics or {},
     }
     atomic_write_bytes(wpath, save(state, metadata={"format": FORMAT}))
-    atomic_write_bytes(cpath, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
+    write_config(cpath, config)
     return wpath, cpath
+
+
+def write_config(cpath: PathLike, config: dict) -> None:
+    """A checkpoint's JSON, atomically (sorted keys: the same config gives the same bytes)."""
+    atomic_write_bytes(cpath, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
 
 
 def read_config(path: PathLike) -> dict:

@@ -352,9 +352,6 @@ def aggregate_report(model: nn.Module, diffusion: Diffusion, val, test, *, n_max
     def joint_errors(pred, ps):
         return (torch.as_tensor(pred) - torch.as_tensor(ps.pose3d, dtype=torch.float64)).norm(dim=-1).numpy()
 
-    # the root is 0 in every hypothesis and in the truth (error 0, spread 0): left out of the spread's numbers
-    keep = [j for j, parent in enumerate(model.skeleton.parents) if parent != -1]
-
     out: dict = {"n_max": n_max, "val_frames": len(val), "test_frames": len(test), "rows": []}
     hv, yv = lift(val)
     ht, yt = lift(test)
@@ -372,8 +369,9 @@ def aggregate_report(model: nn.Module, diffusion: Diffusion, val, test, *, n_max
                                 "mpjpe_frames": float(joint_errors(pred, test).mean() * 1000),
                                 "p_mpjpe_avg": ev.p_mpjpe["Avg"]})
         # the spread, as the Lifter reports it (about the mean), against the mean's joint errors
-        s_val, e_val = agg.spread(hv[:, :n]).numpy()[:, keep], joint_errors(hv[:, :n].mean(1), val)[:, keep]
-        s_test, e_test = agg.spread(ht[:, :n]).numpy()[:, keep], joint_errors(ht[:, :n].mean(1), test)[:, keep]
+        # (the root, 0 in every hypothesis and in the truth, left out)
+        e_val, s_val, _ = agg.mean_errors_and_spread(hv[:, :n], val.pose3d, model.skeleton.parents)
+        e_test, s_test, _ = agg.mean_errors_and_spread(ht[:, :n], test.pose3d, model.skeleton.parents)
         k_joint = agg.calibrate_spread(e_val, s_val, target)
         k_global = agg.calibrate_spread(e_val, s_val, target, per_joint=False)
         out[f"spread_n{n}"] = {

@@ -14,7 +14,6 @@ denoiser diagnostic that is not a prediction.
 """
 from __future__ import annotations
 
-import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -116,15 +115,12 @@ def spread_rows(model, diffusion, test, calib: Optional[dict], *, n: int = 10, s
 
     if hypotheses is None:  # else: a lift of `test` at this N, from test_rows
         hypotheses = predict(model, diffusion, test, n_hyp=n, steps=steps, flip=flip, seed=seed).hypotheses
-    hyp = torch.as_tensor(hypotheses, dtype=torch.float64)
-    err = (hyp.mean(1) - torch.as_tensor(test.pose3d, dtype=torch.float64)).norm(dim=-1).numpy()
-    spr = agg.spread(hyp).numpy()
-    keep = [j for j, parent in enumerate(model.skeleton.parents) if parent != -1]
-    out = {"N": n, "frames": len(test), "coverage_2x_spread": round(agg.coverage(err[:, keep], spr[:, keep]), 4),
-           "spearman": round(agg.spearman(spr[:, keep], err[:, keep]), 4)}
-    rad = radius(spr, calib)
-    if rad is not None:
-        out["coverage_calibrated_radius"] = round(float(np.mean(err[:, keep] <= rad[:, keep])), 4)
+    err, spr, keep = agg.mean_errors_and_spread(hypotheses, test.pose3d, model.skeleton.parents)
+    out = {"N": n, "frames": len(test), "coverage_2x_spread": round(agg.coverage(err, spr), 4),
+           "spearman": round(agg.spearman(spr, err), 4)}
+    if calib:  # the radius of the kept joints
+        rad = radius(spr, {**calib, "spread_scale": [calib["spread_scale"][j] for j in keep]})
+        out["coverage_calibrated_radius"] = round(float(np.mean(err <= rad)), 4)
         out["calibration_fitted_at_N"] = calib["n_hyp"]
     return out
 
