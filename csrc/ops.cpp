@@ -45,6 +45,7 @@ bool set_mgcn_cpu_isa(const std::string& name);  // mgcn_cpu.cpp
 bool set_mgcn_cpu_isa_limit(const std::string& name);
 std::vector<int64_t> mgcn_cpu_isa_factory_calls();
 std::string mgcn_cpu_isa();
+std::vector<int64_t> sample_cpu_team_calls(bool reset);  // sample_cpu.cpp
 }  // namespace diffupose
 
 static bool with_cuda() {
@@ -65,4 +66,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "testing: behave as a CPU whose widest instruction set is 'base', 'avx2' or 'avx512'");
   m.def("cpu_isa_factory_calls", &diffupose::mgcn_cpu_isa_factory_calls,
         "testing: how often the base / avx2 / avx512 dispatch tables were built");
+  m.def("sample_team_calls", &diffupose::sample_cpu_team_calls, pybind11::arg("reset") = false,
+        "testing: CPU sample calls run by a team of threads, and of those that waited long at a barrier; "
+        "reset: zero them and lift a back-off to one thread");
 }

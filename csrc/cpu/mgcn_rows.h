@@ -17,9 +17,32 @@ struct RowsOf {
                   const T* a, int64_t J, int64_t C);
 };
 
+// One modulated graph convolution, forward, float32, over whole samples of J rows each: the whole
+// sampler's layer (csrc/sample_cpu.cpp). GEMM, aggregation and epilogue run per panel of the
+// output channels (kConvPanelMax or fewer, the instruction set's vector width), so a panel's H0, H1
+// stay in L1 between the GEMM and the aggregation; threads may split the panels.
+//   out[:, c] = act((diag(a) m H0 + offdiag(a) m H1 + bias)[:, c] * scale1[c] + shift[c]) (+= out)
+struct ConvPanels {
+  const float* x;          // [rows, cin] row-major; rows = samples * J
+  int64_t rows, cin;
+  const float* w;          // [cin, 2 C] = [w0 | w1]
+  const float *m, *a, *bias;  // [J, C], [J, J], [C]
+  int64_t J, C;
+  const float *scale1, *shift;  // [C] each, or nullptr (no scale-shift)
+  int act;
+  bool residual;           // add to out instead of writing it
+  float* out;              // [rows, C]
+  float* scratch;          // conv_panels_scratch(rows, J) floats, the caller's thread's own
+};
+constexpr int64_t kConvPanelMax = 16;
+inline int64_t conv_panels_scratch(int64_t rows, int64_t J) { return (2 * rows + 3 * J + 1) * kConvPanelMax; }
+
 struct MgcnRows {
   RowsOf<float> f32;
   RowsOf<double> f64;
+  // panels [p0, p1) of a ConvPanels, each `panel` channels wide (the last one may be narrower)
+  void (*conv_panels_fwd)(const ConvPanels& p, int64_t p0, int64_t p1);
+  int64_t panel;
   const char* isa;
 };
 

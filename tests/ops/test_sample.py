@@ -254,3 +254,45 @@ def test_lifter_keeps_the_old_path_where_the_op_does_not_apply():
     assert out.hypotheses.shape == (2, 2, 17, 3)
     with pytest.raises(ValueError, match="runs a GCNDenoiser"):
         Lifter(mlp, diffusion, n_hyp=2, steps=2, fused_sampler=True)(torch.randn(2, 17, 2))
+
+
+@pytest.mark.parametrize("d", [8, 20, 40])
+def test_widths_that_are_not_whole_panels(d):
+    """The op's GEMM runs in panels of one vector register (4, 8 or 16 channels by instruction
+    set); a width that leaves a narrow last panel (or is narrower than one) takes the narrow path."""
+    model, diffusion = _model(d=d, blocks=1, seed=3), Diffusion(DiffusionConfig(T=20, clip_x0=0.0))
+    y = torch.randn(4, 17, 2) * 0.5
+    with poisoned():
+        got = ops.sample(model, diffusion, y, n_hyp=3, steps=5, rng_state=_state(), flip="h36m17", center=True)
+    want = ops.sample_ref(model, diffusion, y, n_hyp=3, steps=5, rng_state=_state(), flip="h36m17", center=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+@pytest.mark.parametrize("n_hyp,flip", [(1, False), (10, False), (3, True)])
+def test_a_team_of_threads_gives_one_threads_result(n_hyp, flip):
+    """A small call is one tile split over a team of threads by channel panels: bit for bit the
+    result of one thread (the panels' arithmetic does not depend on who computes them), and the
+    team really ran (the hook counts team calls; a width of 128 gives every member >= 4 panels)."""
+    from diffupose import _C
+
+    model, diffusion = _model(d=128, blocks=1, seed=4), Diffusion(DiffusionConfig(T=20, clip_x0=0.0))
+    y = torch.randn(1, 17, 2) * 0.5
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.sample(model, diffusion, y, n_hyp=n_hyp, eta=0.5, rng_state=_state(), flip="h36m17" if flip else None)
+        torch.set_num_threads(2)
+        _C.sample_team_calls(reset=True)
+        with poisoned():
+            two = ops.sample(model, diffusion, y, n_hyp=n_hyp, eta=0.5, rng_state=_state(),
+                             flip="h36m17" if flip else None)
+        teamed = _C.sample_team_calls()[0]
+    finally:
+        torch.set_num_threads(n)
+    assert teamed == 1
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+    ref = ops.sample_ref(model, diffusion, y, n_hyp=n_hyp, eta=0.5, rng_state=_state(), flip="h36m17" if flip else None)
+    for a, w in zip(two, ref):
+        torch.testing.assert_close(a, w, **TOL)
