@@ -27,7 +27,7 @@
 //   Diffusion.sample's for the same rng_state and counter stride.
 // - The aggregation (root centring, mean, spread) is O(elements) and runs after the region on
 //   the calling thread.
-// - A small call (at most kTeamRows rows: 1 frame x up to 11 hypotheses, 5 with flip) is one
+// - A small call (at most kTeamRows rows: 1 frame x up to 3 hypotheses, 1 with flip) is one
 //   tile run by a team of threads that split every layer's channel panels, a barrier after each
 //   layer (Team below: how a descheduled member is kept from holding up every call). 1 x 1 went
 //   from 2.2 ms on one thread to 1.3-1.5 ms on two (d 256, 4 blocks, 5 steps, Zen 4).
@@ -57,7 +57,10 @@ namespace {
 
 constexpr int64_t kTileRows = 128;  // rows of a tile (flip twins included): its buffers ~0.8 MB at d 256
 constexpr int64_t kRoundsMin = 4;   // tiles per thread at least (sample_cpu says why)
-constexpr int64_t kTeamRows = 192;  // a call of at most this many rows runs as one tile of a team (Team says why)
+// A call of at most this many rows runs as one tile of a team (Team says why). At 1 x 10 (170
+// rows) a team of two was no faster than tiles (12-17 ms either way) and waited long at 14-18 of
+// 50-100 calls' barriers on an idle VM; at 1 x 1 (17 rows) it halves the time.
+constexpr int64_t kTeamRows = 64;
 constexpr int64_t kCoefs = kSampleCoefs;
 
 // One packed graph convolution: w [cin, 2 cout] = [w0 | w1], m [J, cout], a [J, J], bias [cout].

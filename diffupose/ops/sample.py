@@ -91,12 +91,13 @@ _films: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary
 
 
 @torch.no_grad()
-def pack_weights(model: nn.Module) -> list[Tensor]:
+def pack_weights(model: nn.Module, key: Optional[tuple] = None) -> list[Tensor]:
     """4 float32 tensors per graph convolution (w [C_in, 2 C_out] = [w0 | w1], m, a, bias), from
     GCNBackbone.inference_layers (a batch norm folded into w and bias), the out layer cut to the eps
-    channels; cached until a parameter or buffer of the convolutions changes."""
+    channels; cached until a parameter or buffer of the convolutions changes. key: the caller's
+    state_key of the convolutions or of a module holding them (one walk serves a whole call)."""
     convs = _convs(model)
-    key = state_key(*convs)
+    key = state_key(*convs) if key is None else key
     hit = _packed.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -112,10 +113,11 @@ def pack_weights(model: nn.Module) -> list[Tensor]:
 
 
 @torch.no_grad()
-def film_table(model: nn.Module, timesteps: list[int], device) -> Tensor:
+def film_table(model: nn.Module, timesteps: list[int], device, key: Optional[tuple] = None) -> Tensor:
     """The blocks' scale-shifts of every step [steps, blocks, 2, d] float32, from the model's own
-    time_conditioning; cached per timestep list until the embedding or FiLM weights change."""
-    key = (tuple(timesteps), state_key(model.temb, model.net.films), device)
+    time_conditioning; cached per timestep list until the embedding or FiLM weights change (key: as
+    for pack_weights, a state_key covering them)."""
+    key = (tuple(timesteps), state_key(model.temb, model.net.films) if key is None else key, device)
     cache = _films.setdefault(model, {})
     hit = cache.get(key[0])
     if hit is not None and hit[0] == key:
@@ -233,14 +235,15 @@ def sample(model: nn.Module, diffusion, y: Tensor, n_hyp: int = 1, steps: Option
     stride = numel if counter_stride is None else int(counter_stride)
     if stride < numel:
         raise ValueError(f"sample: counter_stride {stride} is smaller than the {numel} elements of a step")
-    film = film_table(model, [t for t, _ in plan], y.device)
+    key = state_key(model)  # one walk over the parameters for both caches
+    film = film_table(model, [t for t, _ in plan], y.device, key)
     coefs = [float(v) for _, c in plan for v in c.as_args()]
     perm = list(skel.flip_permutation) if skel is not None else []
     if y.device.type == "cpu" and kind == "cpp":
         y_in = y  # the CPU op computes in float32 from y as given
     else:  # a GPU kernel: y in the activation dtype asks for the tensor-core GEMMs (half), fp32 otherwise
         y_in = y.to(dtype) if dtype in (torch.float16, torch.bfloat16) else y.float()
-    hyp, mean, spread = op(y_in, pack_weights(model), film, coefs, rng_state, int(n_hyp), stride, perm,
+    hyp, mean, spread = op(y_in, pack_weights(model, key), film, coefs, rng_state, int(n_hyp), stride, perm,
                            ACTIVATIONS[model.cfg.act], model.skeleton.parents.index(-1), bool(center))
     rng_state[1] += (len(plan) + 1) * stride  # as Diffusion.sample: the next call draws fresh noise
     return hyp, mean, spread

@@ -269,7 +269,7 @@ def test_widths_that_are_not_whole_panels(d):
         torch.testing.assert_close(g, w, **TOL)
 
 
-@pytest.mark.parametrize("n_hyp,flip", [(1, False), (10, False), (3, True)])
+@pytest.mark.parametrize("n_hyp,flip", [(1, False), (3, False), (1, True)])
 def test_a_team_of_threads_gives_one_threads_result(n_hyp, flip):
     """A small call is one tile split over a team of threads by channel panels: bit for bit the
     result of one thread (the panels' arithmetic does not depend on who computes them), and the
