@@ -16,7 +16,10 @@ import sys as _sys
 # sleeps, so on 2 cores beside one busy process a spinning thread holds the core its sibling
 # needs: a training step (d 128, batch 256, 2 threads) took 15-17x its time alone. Sleeping at
 # once (OMP_WAIT_POLICY=PASSIVE) cost 1.35-1.5x when the machine is idle; 1,000 spins (tens of
-# microseconds) cost ~1.2x idle and 1.5-1.75x beside a busy process (docs/BENCHMARKS.md). The
+# microseconds) cost ~1.2x idle and 1.5-1.75x beside a busy process (docs/BENCHMARKS.md). On
+# another VM (Zen 4) it cost MKL's 2-thread GEMMs 3x idle (10,000 spins: full speed, but 2.9-3.8x
+# beside a busy process): the whole-sampler op, one region per call with its own barriers, does
+# not depend on it; the per-layer and plain-PyTorch paths do (BENCHMARKS, "the spin count"). The
 # runtime reads this once, when torch loads it, so it works only if torch is not imported yet
 # (diffupose's commands and scripts import diffupose first); the user's own setting wins.
 if "torch" not in _sys.modules and "OMP_WAIT_POLICY" not in _os.environ:
