@@ -50,6 +50,18 @@ def test_plans():
     assert all(c.sigma == 0 for _, c in d.plan(10, eta=0.0))
 
 
+def test_plans_are_cached_per_setting():
+    """plan() keeps its results (it runs on every lift): the same call gives equal plans that a
+    caller may change freely, a different eta, step count or x0 clip its own."""
+    d = Diffusion(DiffusionConfig())
+    a = d.plan(5, eta=0.0)
+    a.pop()  # the caller's list, not the cache
+    assert len(d.plan(5, eta=0.0)) == 5 and d.plan(5, eta=0.0) == d.plan(5, eta=0.0)
+    assert d.plan(5, eta=0.5) != d.plan(5, eta=0.0) and len(d.plan(10)) == 10
+    d.cfg.clip_x0 = 2.5
+    assert all(c.clip == 2.5 for _, c in d.plan(5, eta=0.0))
+
+
 def _tiny():
     torch.manual_seed(1)
     return build_model(ModelConfig(d_model=16, n_blocks=1, d_time=8)).eval()
