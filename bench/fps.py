@@ -450,6 +450,12 @@ def main(argv=None):
     env = environment(device)
     print("# " + "  ".join(f"{k}={v}" for k, v in env.items()))
     print("# command: python " + " ".join(sys.argv))
+    if device.type == "cpu" and diffupose.openmp_wait_policy() == "GOMP_SPINCOUNT=1000":
+        # diffupose's default for shared CPUs; the plain-PyTorch baselines are faster with GNU's own
+        # spinning on an idle machine (docs/BENCHMARKS.md, "the spin count"): say so beside the table
+        print("# note: every path runs under diffupose's GOMP_SPINCOUNT=1000; MKL's multi-threaded GEMMs in the "
+              "eager and compile rows can be several times faster with GNU's default: for the baselines at their "
+              "best rerun with GOMP_SPINCOUNT=300000 (the fused sampler does not depend on it)")
     if args.table6:
         from diffupose.evaluate import table6
 
