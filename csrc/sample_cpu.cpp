@@ -84,12 +84,13 @@ struct Job {
   float* hyp;  // [M, J, 3]
 };
 
-// Scratch of one thread, for tiles of up to `rows` rows.
+// Scratch of one thread, for tiles of up to `rows` rows; the activations ha, hb [rows, d] only
+// when the thread runs its tiles alone (a team's members share theirs: run_team).
 struct Scratch {
   std::vector<float> x, eps, xin, ha, hb, panels;
-  Scratch(const Job& p, int64_t rows)
-      : x(rows * 3), eps(rows * 3), xin(rows * 5), ha(rows * p.d), hb(rows * p.d),
-        panels(conv_panels_scratch(rows, p.J)) {}
+  Scratch(const Job& p, int64_t rows, bool activations = true)
+      : x(rows * 3), eps(rows * 3), xin(rows * 5), ha(activations ? rows * p.d : 0),
+        hb(activations ? rows * p.d : 0), panels(conv_panels_scratch(rows, p.J)) {}
 };
 
 // Denormals flushed to zero on a worker thread for the op's duration (cpu/flush_denormals.h says why).
@@ -253,7 +254,7 @@ void run_team(const Job& p, int64_t M, int64_t rows, int64_t size) {
   std::atomic<bool> short_handed{false};
   at::parallel_for(0, size, 1, [&](int64_t b, int64_t e) {
     const WorkerState state;
-    Scratch w(p, rows);
+    Scratch w(p, rows, false);
     if (e - b != 1) short_handed.store(true);
     joined.fetch_add(e - b);
     for (int64_t i = 0; joined.load() < size && !short_handed.load(); ++i)  // the indices are handed out at once
@@ -267,10 +268,12 @@ void run_team(const Job& p, int64_t M, int64_t rows, int64_t size) {
     run_tile(p, 0, M, w, Member{&team, b, ha.data(), hb.data()});
   });
   g_team_calls.fetch_add(1);
-  if (team.slow.load()) g_team_calls_slow.fetch_add(1);
   if (!team.slow.load()) {
     g_team_slow_calls.store(0);
-  } else if (g_team_slow_calls.fetch_add(1) + 1 >= 2) {
+    return;
+  }
+  g_team_calls_slow.fetch_add(1);
+  if (g_team_slow_calls.fetch_add(1) + 1 >= 2) {
     g_team_slow_calls.store(0);
     g_team_off_until.store(now_ns() + kBackoffNs);
   }
@@ -394,7 +397,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_cpu(const at::Tensor& y_, 
       run_tile(p, s0, s1 - s0, w, me);
     }
   };
-  const int64_t team_size = std::min(nt, mgcn_rows().panel > 0 ? (d / mgcn_rows().panel) / kPanelsPerMember : 1);
+  const int64_t team_size = std::min(nt, d / mgcn_rows().panel / kPanelsPerMember);
   if (M * twins * J <= kTeamRows && team_size > 1 && !at::in_parallel_region() &&
       now_ns() >= g_team_off_until.load()) {
     run_team(p, M, M * twins * J, team_size);

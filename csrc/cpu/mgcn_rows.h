@@ -35,7 +35,7 @@ struct ConvPanels {
   float* scratch;          // conv_panels_scratch(rows, J) floats, the caller's thread's own
 };
 constexpr int64_t kConvPanelMax = 16;
-inline int64_t conv_panels_scratch(int64_t rows, int64_t J) { return (2 * rows + 3 * J + 1) * kConvPanelMax; }
+inline int64_t conv_panels_scratch(int64_t rows, int64_t J) { return (2 * rows + 2 * J) * kConvPanelMax; }
 
 struct MgcnRows {
   RowsOf<float> f32;

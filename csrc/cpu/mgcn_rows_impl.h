@@ -240,13 +240,14 @@ inline void panel_aggregate_full(const ConvPanels& p, int64_t c0, const float* h
   }
 }
 
-// out rows [J, P] (ld C) of one sample for a full panel at channel c0 from its pre [J, P]: the
-// epilogue of epilogue_row_fwd, loops of the constant panel width (one vector) instead of a call per row.
-template <int Act>
-inline void panel_epilogue_act(const ConvPanels& p, int64_t c0, const float* pre, float* out) {
-  const int64_t P = kVW;
+// out rows [J, wc] (ld C) of one sample for the panel at channel c0 from its pre [J, P]: the
+// epilogue of epilogue_row_fwd, with the panel's scale-shift loaded once and, for a full panel
+// (Full), loops of the constant panel width (one vector) instead of a call per row.
+template <int Act, bool Full>
+inline void panel_epilogue_act(const ConvPanels& p, int64_t c0, int64_t wc, const float* pre, float* out) {
+  const int64_t P = kVW, W = Full ? kVW : wc;
   float s1[kVW], sh[kVW];
-  for (int64_t c = 0; c < P; ++c) {
+  for (int64_t c = 0; c < W; ++c) {
     s1[c] = p.scale1 ? p.scale1[c0 + c] : 1.0f;
     sh[c] = p.shift ? p.shift[c0 + c] : 0.0f;
   }
@@ -254,21 +255,22 @@ inline void panel_epilogue_act(const ConvPanels& p, int64_t c0, const float* pre
     const float* r = pre + j * P;
     float* o = out + j * p.C;
     float u[kVW];
-    for (int64_t c = 0; c < P; ++c) u[c] = act_fwd<float>(r[c] * s1[c] + sh[c], Act, RowExp{});
+    for (int64_t c = 0; c < W; ++c) u[c] = act_fwd<float>(r[c] * s1[c] + sh[c], Act, RowExp{});
     if (p.residual)
-      for (int64_t c = 0; c < P; ++c) o[c] += u[c];
+      for (int64_t c = 0; c < W; ++c) o[c] += u[c];
     else
-      for (int64_t c = 0; c < P; ++c) o[c] = u[c];
+      for (int64_t c = 0; c < W; ++c) o[c] = u[c];
   }
 }
 
-inline void panel_epilogue_full(const ConvPanels& p, int64_t c0, const float* pre, float* out) {
+template <bool Full>
+inline void panel_epilogue(const ConvPanels& p, int64_t c0, int64_t wc, const float* pre, float* out) {
   if (p.act == kActSilu)
-    panel_epilogue_act<kActSilu>(p, c0, pre, out);
+    panel_epilogue_act<kActSilu, Full>(p, c0, wc, pre, out);
   else if (p.act == kActRelu)
-    panel_epilogue_act<kActRelu>(p, c0, pre, out);
+    panel_epilogue_act<kActRelu, Full>(p, c0, wc, pre, out);
   else
-    panel_epilogue_act<kActNone>(p, c0, pre, out);
+    panel_epilogue_act<kActNone, Full>(p, c0, wc, pre, out);
 }
 
 // The same for a narrow last panel of wc < P channels.
@@ -294,28 +296,18 @@ void conv_panels_fwd(const ConvPanels& p, int64_t p0, int64_t p1) {
   float* h = p.scratch;              // [rows, 2 P]
   float* g1 = h + p.rows * 2 * P;    // [J, P]: m * H1 of one sample
   float* pre = g1 + J * P;           // [J, P]
-  float* u = pre + J * P;            // [P]
   for (int64_t pi = p0; pi < p1; ++pi) {
     const int64_t c0 = pi * P, wc = C - c0 < P ? C - c0 : P;
     panel_gemm(p, p.w + c0, p.w + C + c0, wc, h);
     for (int64_t q = 0; q < p.rows / J; ++q) {  // the aggregation of each sample, as aggregate_fwd
       const float* hq = h + q * J * 2 * P;
-      if (wc == P)
-        panel_aggregate_full(p, c0, hq, g1, pre);
-      else
-        panel_aggregate_narrow(p, c0, wc, hq, g1, pre);
+      float* out = p.out + q * J * C + c0;
       if (wc == P) {
-        panel_epilogue_full(p, c0, pre, p.out + q * J * C + c0);
-        continue;
-      }
-      for (int64_t j = 0; j < J; ++j) {
-        epilogue_row_fwd<float>(u, pre + j * P, p.scale1 ? p.scale1 + c0 : nullptr, p.shift ? p.shift + c0 : nullptr,
-                                wc, p.act);
-        float* o = p.out + (q * J + j) * C + c0;
-        if (p.residual)
-          for (int64_t c = 0; c < wc; ++c) o[c] += u[c];
-        else
-          for (int64_t c = 0; c < wc; ++c) o[c] = u[c];
+        panel_aggregate_full(p, c0, hq, g1, pre);
+        panel_epilogue<true>(p, c0, wc, pre, out);
+      } else {
+        panel_aggregate_narrow(p, c0, wc, hq, g1, pre);
+        panel_epilogue<false>(p, c0, wc, pre, out);
       }
     }
   }
