@@ -9,6 +9,9 @@ denoiser, side by side in one process:
              graphs and breaks counted, 2 and 1, and that no step after the first recompiled).
              Mode (--compile-mode): default (max-autotune on a GPU); --no-compile leaves it out
   cpu / cuda / triton   the fused ops
+  cpu+compile (cuda+compile, ...)  the fused ops with the rest of the step (normalisation,
+             epilogues, loss, Adam) through torch.compile the same way: the ops have fake
+             kernels, so the graph holds them whole; what it adds over `compile` is the ops
 
   python bench/train_throughput.py                      # d_m 256, batch 1024, every backend that runs here
   python bench/train_throughput.py --d-model 128 --batch 256 --amp bf16 --json out.json
@@ -114,21 +117,22 @@ def main(argv=None):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.compile_mode is None:
         args.compile_mode = "max-autotune" if device.type == "cuda" else "default"
-    candidates = ["reference"] + (["compile"] if args.compile else []) + \
-        (["cuda", "triton"] if device.type == "cuda" else ["cpu"])
+    fused = ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
+    candidates = ["reference"] + (["compile"] if args.compile else []) + fused + \
+        ([f"{b}+compile" for b in fused] if args.compile else [])
     print(f"# torch {torch.__version__}, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
           f" ({torch.get_num_threads()} threads), d_model {args.d_model}, blocks {args.blocks}, batch {args.batch}, "
           f"amp {args.amp}, OpenMP wait {diffupose.openmp_wait_policy()}")
     print("# command: python " + " ".join(sys.argv))
     rows = []
     for name in candidates:
-        backend = "reference" if name == "compile" else name
+        backend = "reference" if name == "compile" else name.split("+")[0]
         try:
             ops.resolve(backend, device)
         except ops.BackendUnavailable as e:
             print(f"# {backend}: unavailable ({e})")
             continue
-        res = step_time(backend, args, device, compiled=name == "compile")
+        res = step_time(backend, args, device, compiled=name.endswith("compile"))
         t = res.pop("step_s")
         tc = res.pop("contended_step_s", None)
         rows.append({"backend": name, "step_ms": t * 1e3, "samples_per_s": args.batch / t, **res,

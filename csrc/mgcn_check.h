@@ -49,12 +49,18 @@ inline void check_mgcn_fwd_args(const MgcnDims& d, const at::Tensor& x, const at
   }
 }
 
-inline void check_mgcn_bwd_args(const MgcnDims& d, const at::Tensor& grad_out, const at::Tensor& pre) {
+inline void check_mgcn_bwd_args(const MgcnDims& d, const at::Tensor& grad_out, const at::Tensor& pre,
+                                const at::Tensor& h) {
   // an empty batch saves an empty pre: that is not a forward run without save_pre
   TORCH_CHECK(pre.numel() > 0 || d.B * d.J * d.Cout == 0, "mgcn_bwd: pre is empty: run mgcn_fwd with save_pre=True for training");
   for (const at::Tensor* t : {&grad_out, &pre})
     TORCH_CHECK(t->dim() == 3 && t->size(0) == d.B && t->size(1) == d.J && t->size(2) == d.Cout,
                 "mgcn_bwd: grad_out and pre must be [", d.B, ", ", d.J, ", ", d.Cout, "], got ", t->sizes());
+  // h: the forward's x @ [w0 | w1], or empty (the backward computes it)
+  TORCH_CHECK(h.numel() == 0 || (h.dim() == 2 && h.size(0) == d.B * d.J && h.size(1) == 2 * d.Cout &&
+                                 h.device() == grad_out.device()),
+              "mgcn_bwd: h must be empty or [", d.B * d.J, ", ", 2 * d.Cout, "] on ", grad_out.device(), ", got ",
+              h.sizes());
 }
 
 }  // namespace diffupose

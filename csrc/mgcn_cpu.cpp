@@ -6,18 +6,22 @@
 //   pre = diag(a) * (m * H0) + offdiag(a) @ (m * H1) + bias         per sample  [J, Cout]
 //   out = act(pre * (1 + scale) + shift) + residual
 //
-// Chunking. The batch goes in chunks of about kChunkRows rows: the chunk's H0, H1 come from two
-// multi-threaded BLAS GEMMs (the weights are used as they are: no concatenated copy per call),
-// and are consumed at once, while they are in cache, by at::parallel_for over the chunk's
-// samples: the J x J aggregation, bias and epilogue, one write of out (and of pre when training).
-// (Running one single-threaded GEMM per thread-tile instead was measured 1.5x slower at B = 20.)
+// One GEMM gives both halves: H = x @ [w0 | w1] [R, 2 Cout] (a row's H0 then its H1; the
+// concatenated weights are a [Cin, 2 Cout] copy per call, 128 KB at 128 -> 128), one
+// multi-threaded BLAS call; at::parallel_for over the samples then does the J x J aggregation,
+// bias and epilogue, one write of out (and of pre when training).
+// Inference goes in chunks of about kChunkRows rows, each chunk's H consumed while it is in cache.
+// Training (save_pre) runs the whole batch in one GEMM and returns H as the op's third output,
+// so the backward does not compute it again (a quarter of a training layer's GEMM FLOPs; the
+// cost is H's memory, 2 Cout floats a row per layer, until the backward). (Running one
+// single-threaded GEMM per thread-tile instead was measured 1.5x slower at B = 20.)
 //
-// Backward, per chunk: recompute H0, H1 (only pre is saved), then per tile of kTileSamples
-// samples: dpre through the epilogue, dH0 = m * a_jj dpre, dH1 = m * offdiag(a)^T dpre (written:
-// the GEMMs below need all of them) and the tile's partial sums of dm, da, dbias, dscale_shift
-// in its own slot. Tiles are fixed sample ranges and the slots are summed in order afterwards,
-// so the result does not depend on the thread count. Then dx = dH0 @ w0^T + dH1 @ w1^T and
-// dw_t = x^T @ dH_t.
+// Backward: H as kept (recomputed when the caller passes it empty), then per tile of kTileSamples
+// samples: dpre through the epilogue, dH0 = m * a_jj dpre, dH1 = m * offdiag(a)^T dpre into
+// dH [R, 2 Cout] (written: the GEMMs below need all of it) and the tile's partial sums of dm, da,
+// dbias, dscale_shift in its own slot. Tiles are fixed sample ranges and the slots are summed in
+// order afterwards, so the result does not depend on the thread count. Then two GEMMs:
+// dx = dH @ [w0 | w1]^T and d[w0 | w1] = x^T @ dH.
 //
 // Precision: everything accumulates in opmath (fp32 for fp16/bf16/fp32, fp64 for fp64); half
 // inputs are widened once, so the only roundings are the final stores.
@@ -166,10 +170,10 @@ void load_scale_shift(T* scale1, T* shift, const xt* ss, int64_t C) {
   }
 }
 
-// Parameters widened to opmath (a no-op for fp32 parameters: no copy per call).
+// Parameters widened to opmath (m, a, bias: a no-op for fp32 parameters).
 template <typename T>
 struct Params {
-  at::Tensor w0, w1;  // [Cin, Cout]
+  at::Tensor wcat;  // [Cin, 2 Cout] = [w0 | w1]
   at::Tensor m, a, bias;
   const T* mp;     // [J, Cout]
   const T* ap;     // [J, J]
@@ -180,8 +184,7 @@ template <typename T>
 Params<T> widen(const at::Tensor& w, const at::Tensor& m, const at::Tensor& a, const at::Tensor* bias,
                 at::ScalarType op) {
   Params<T> p;
-  p.w0 = w[0].to(op).contiguous();
-  p.w1 = w[1].to(op).contiguous();
+  p.wcat = at::cat({w[0], w[1]}, 1).to(op).contiguous();
   p.m = m.to(op).contiguous();
   p.a = a.to(op).contiguous();
   p.mp = p.m.template data_ptr<T>();
@@ -194,28 +197,6 @@ Params<T> widen(const at::Tensor& w, const at::Tensor& m, const at::Tensor& a, c
   return p;
 }
 
-// H0 = x @ w0, H1 = x @ w1 of a chunk of samples [b0, b0 + nb) into buffers reused across
-// chunks: two multi-threaded BLAS calls (outside any parallel region).
-template <typename T>
-struct ChunkGemms {
-  const at::Tensor& xw;  // [B*J, Cin]
-  const Params<T>& p;
-  int64_t J;
-  at::Tensor H0, H1;   // [spc*J, Cout]
-  const T *h0, *h1;  // this chunk's rows [nb*J, Cout]
-  ChunkGemms(const at::Tensor& xw_, const Params<T>& p_, int64_t spc, int64_t J_, int64_t Cout)
-      : xw(xw_), p(p_), J(J_), H0(at::empty({std::max<int64_t>(spc, 1) * J_, Cout}, p_.w0.options())),
-        H1(at::empty_like(H0)), h0(nullptr), h1(nullptr) {}
-  void run(int64_t b0, int64_t nb) {
-    const at::Tensor xc = xw.narrow(0, b0 * J, nb * J);
-    at::Tensor c0 = H0.narrow(0, 0, nb * J), c1 = H1.narrow(0, 0, nb * J);
-    at::mm_out(c0, xc, p.w0);
-    at::mm_out(c1, xc, p.w1);
-    h0 = c0.data_ptr<T>();
-    h1 = c1.data_ptr<T>();
-  }
-};
-
 // ---------------------------------------------------------------------------------------------
 // forward
 // ---------------------------------------------------------------------------------------------
@@ -226,11 +207,11 @@ struct FwdScratch {
   FwdScratch(int64_t J, int64_t C) : prej(J * C), g1(J * C), u(C), sc1(C), sh(C) {}
 };
 
-// One sample: h0, h1 [J, Cout] its rows of H0, H1; out, pre (nullable), res (nullable) [J, Cout].
+// One sample: h [J, 2 Cout] its rows of H; out, pre (nullable), res (nullable) [J, Cout].
 template <typename T, typename xt>
-void fwd_sample(const Params<T>& p, const T* h0, const T* h1, bool has_ss, const xt* res, xt* out, xt* pre,
-                int64_t J, int64_t Cout, int act, FwdScratch<T>& w) {
-  rows_of<T>().agg_fwd(w.prej.data(), w.g1.data(), h0, h1, p.mp, p.ap, p.biasp, J, Cout);
+void fwd_sample(const Params<T>& p, const T* h, bool has_ss, const xt* res, xt* out, xt* pre, int64_t J,
+                int64_t Cout, int act, FwdScratch<T>& w) {
+  rows_of<T>().agg_fwd(w.prej.data(), w.g1.data(), h, h + Cout, 2 * Cout, p.mp, p.ap, p.biasp, J, Cout);
   for (int64_t j = 0; j < J; ++j) {
     const int64_t o = j * Cout;
     const T* row = w.prej.data() + o;
@@ -244,18 +225,19 @@ void fwd_sample(const Params<T>& p, const T* h0, const T* h1, bool has_ss, const
   }
 }
 
+// keep: H of the whole batch [B*J, 2 Cout] to write (training), or undefined (inference: chunks).
 template <typename xt>
 void mgcn_fwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& p, const xt* ss, int64_t ss_rows,
-                       const xt* res, xt* out, xt* pre, int64_t B, int64_t J, int64_t Cout, int act) {
+                       const xt* res, xt* out, xt* pre, at::Tensor keep, int64_t B, int64_t J, int64_t Cout, int act) {
   using T = at::opmath_type<xt>;
-  const int64_t spc = std::min(B, samples_per_chunk(J));
-  const int64_t JC = J * Cout;
-  ChunkGemms<T> H(xw, p, spc, J, Cout);
+  const int64_t spc = keep.defined() ? B : std::min(B, samples_per_chunk(J));
+  const int64_t JC = J * Cout, JH = 2 * JC;
+  const at::Tensor H = keep.defined() ? keep : at::empty({spc * J, 2 * Cout}, p.wcat.options());
   for (int64_t b0 = 0; b0 < B; b0 += spc) {
     const int64_t nb = std::min(spc, B - b0);
-    H.run(b0, nb);
-    const T* h0p = H.h0;
-    const T* h1p = H.h1;
+    at::Tensor hc = H.narrow(0, 0, nb * J);
+    at::mm_out(hc, xw.narrow(0, b0 * J, nb * J), p.wcat);
+    const T* hp = hc.data_ptr<T>();
     at::parallel_for(0, nb, 1, [&](int64_t s0, int64_t s1) {
       const ScopedFlushDenormals ftz;  // the silu rows' denormals (cpu/flush_denormals.h)
       FwdScratch<T> w(J, Cout);
@@ -263,14 +245,14 @@ void mgcn_fwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& 
         const int64_t b = b0 + s;
         if (ss_rows && (ss_rows > 1 || s == s0))  // a broadcast row: once per thread
           load_scale_shift(w.sc1.data(), w.sh.data(), ss + (ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
-        fwd_sample<T, xt>(p, h0p + s * JC, h1p + s * JC, ss_rows > 0, res ? res + b * JC : nullptr, out + b * JC,
+        fwd_sample<T, xt>(p, hp + s * JH, ss_rows > 0, res ? res + b * JC : nullptr, out + b * JC,
                           pre ? pre + b * JC : nullptr, J, Cout, act, w);
       }
     });
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> mgcn_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& m_,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mgcn_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& m_,
                                                 const at::Tensor& a_, const at::Tensor& bias_,
                                                 const c10::optional<at::Tensor>& scale_shift,
                                                 const c10::optional<at::Tensor>& residual, int64_t act, bool save_pre) {
@@ -282,7 +264,9 @@ std::tuple<at::Tensor, at::Tensor> mgcn_fwd_cpu(const at::Tensor& x_, const at::
   const at::Tensor x = x_.detach().contiguous();
   at::Tensor out = at::empty({d.B, d.J, d.Cout}, x.options());
   at::Tensor pre = save_pre ? at::empty({d.B, d.J, d.Cout}, x.options()) : at::empty({0}, x.options());
-  if (d.B == 0) return {out, pre};
+  const at::ScalarType opt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // opmath
+  at::Tensor h = save_pre ? at::empty({d.B * d.J, 2 * d.Cout}, x.options().dtype(opt)) : at::empty({0}, x.options());
+  if (d.B == 0) return {out, pre, h};
   const at::Tensor ss = scale_shift.has_value() ? scale_shift->detach().contiguous() : at::Tensor();
   const at::Tensor res = residual.has_value() ? residual->detach().contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mgcn_fwd_cpu", [&] {
@@ -292,9 +276,10 @@ std::tuple<at::Tensor, at::Tensor> mgcn_fwd_cpu(const at::Tensor& x_, const at::
     const at::Tensor xw = x.view({d.B * d.J, d.Cin}).to(op);
     mgcn_fwd_cpu_impl<scalar_t>(xw, p, d.ss_rows ? ss.data_ptr<scalar_t>() : nullptr, d.ss_rows,
                                 res.defined() ? res.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
-                                save_pre ? pre.data_ptr<scalar_t>() : nullptr, d.B, d.J, d.Cout, static_cast<int>(act));
+                                save_pre ? pre.data_ptr<scalar_t>() : nullptr, save_pre ? h : at::Tensor(), d.B, d.J,
+                                d.Cout, static_cast<int>(act));
   });
-  return {out, pre};
+  return {out, pre, h};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,11 +300,11 @@ struct BwdScratch {
   BwdScratch(int64_t J, int64_t C) : dpre(J * C), g1(J * C), pv(C), u(C), sc1(C), sh(C) {}
 };
 
-// One sample. h0, h1: its rows of H0, H1; g, pre: of grad_out and pre; dh0, dh1: its rows of the
-// outputs dH0, dH1 [J, Cout]; dsc: where its dscale_shift [2, Cout] accumulates (nullable).
+// One sample. h: its rows of H [J, 2 Cout]; g, pre: of grad_out and pre [J, Cout]; dh: its rows of
+// the output dH [J, 2 Cout]; dsc: where its dscale_shift [2, Cout] accumulates (nullable).
 template <typename T, typename xt>
-void bwd_sample(const Params<T>& p, const T* h0, const T* h1, const xt* g, const xt* pre, bool has_ss, T* dsc,
-                T* dh0, T* dh1, const BwdSlot<T>& slot, int64_t J, int64_t Cout, int act, BwdScratch<T>& w) {
+void bwd_sample(const Params<T>& p, const T* h, const xt* g, const xt* pre, bool has_ss, T* dsc, T* dh,
+                const BwdSlot<T>& slot, int64_t J, int64_t Cout, int act, BwdScratch<T>& w) {
   // dpre through the epilogue; dscale_shift and dbias
   for (int64_t j = 0; j < J; ++j) {
     const int64_t o = j * Cout;
@@ -337,19 +322,20 @@ void bwd_sample(const Params<T>& p, const T* h0, const T* h1, const xt* g, const
       }
     for (int64_t c = 0; c < Cout; ++c) slot.db[c] += dz[c];
   }
-  rows_of<T>().agg_bwd(dh0, dh1, slot.dm, slot.da, w.g1.data(), w.dpre.data(), h0, h1, p.mp, p.ap, J, Cout);
+  rows_of<T>().agg_bwd(dh, dh + Cout, 2 * Cout, slot.dm, slot.da, w.g1.data(), w.dpre.data(), h, h + Cout, p.mp, p.ap,
+                       J, Cout);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mgcn_bwd_cpu(
     const at::Tensor& grad_out_, const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& m_, const at::Tensor& a_,
-    const at::Tensor& pre_, const c10::optional<at::Tensor>& scale_shift, int64_t act) {
+    const at::Tensor& pre_, const at::Tensor& h_, const c10::optional<at::Tensor>& scale_shift, int64_t act) {
   const MgcnDims d = check_mgcn_args(x_, w_, m_, a_, scale_shift, act);
-  check_mgcn_bwd_args(d, grad_out_, pre_);
+  check_mgcn_bwd_args(d, grad_out_, pre_, h_);
   const at::Tensor w = w_.detach(), m = m_.detach(), a = a_.detach();  // see mgcn_fwd_cpu
   const at::Tensor x = x_.detach().contiguous(), g = grad_out_.detach().to(x.scalar_type()).contiguous(),
                    pre = pre_.detach().to(x.scalar_type()).contiguous();
   const at::Tensor ss = scale_shift.has_value() ? scale_shift->detach().contiguous() : at::Tensor();
-  const int64_t B = d.B, J = d.J, Cout = d.Cout, JC = J * Cout;
+  const int64_t B = d.B, J = d.J, Cout = d.Cout, JC = J * Cout, JH = 2 * JC;
   at::Tensor dx, dw, dm, da, dbias, dss;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mgcn_bwd_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -358,8 +344,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const auto o = x.options().dtype(op);
     const Params<T> p = widen<T>(w, m, a, nullptr, op);
     const at::Tensor xw = x.view({B * J, d.Cin}).to(op);
+    // H as the forward kept it, else computed again (one GEMM)
+    const at::Tensor H = h_.numel() > 0 ? h_.detach().to(op).contiguous() : at::mm(xw, p.wcat);
     const int64_t tiles = (B + kTileSamples - 1) / kTileSamples;
-    at::Tensor dH0 = at::empty({B * J, Cout}, o), dH1 = at::empty({B * J, Cout}, o);
+    at::Tensor dH = at::empty({B * J, 2 * Cout}, o);
     // per-tile slots, zeroed: [tiles, J*Cout + J*J + Cout + 2*Cout]
     const int64_t slot_len = JC + J * J + Cout + (d.ss_rows == 1 ? 2 * Cout : 0);
     at::Tensor slots = at::zeros({tiles, slot_len}, o);
@@ -368,40 +356,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const xt* gp = g.data_ptr<xt>();
     const xt* prep = pre.data_ptr<xt>();
     const xt* ssp = d.ss_rows ? ss.data_ptr<xt>() : nullptr;
-    T* dH0p = dH0.data_ptr<T>();
-    T* dH1p = dH1.data_ptr<T>();
+    T* dHp = dH.data_ptr<T>();
+    const T* hp = H.data_ptr<T>();
     T* dssbp = dssb.defined() ? dssb.data_ptr<T>() : nullptr;
-    const int64_t spc = std::min(B, samples_per_chunk(J));  // a multiple of kTileSamples unless B is smaller
-    ChunkGemms<T> H(xw, p, spc, J, Cout);
-    for (int64_t b0 = 0; b0 < B; b0 += spc) {
-      const int64_t nb = std::min(spc, B - b0);
-      H.run(b0, nb);
-      const T* h0p = H.h0;
-      const T* h1p = H.h1;
-      const int64_t t_first = b0 / kTileSamples, t_end = (b0 + nb + kTileSamples - 1) / kTileSamples;
-      at::parallel_for(t_first, t_end, 1, [&](int64_t t0, int64_t t1) {
-        const ScopedFlushDenormals ftz;
-        BwdScratch<T> sc(J, Cout);
-        for (int64_t t = t0; t < t1; ++t) {
-          T* base = slotp + t * slot_len;
-          const BwdSlot<T> slot{base, base + JC, base + JC + J * J,
-                                d.ss_rows == 1 ? base + JC + J * J + Cout : nullptr};
-          const int64_t s_begin = t * kTileSamples, s_end = std::min(B, s_begin + kTileSamples);
-          for (int64_t b = s_begin; b < s_end; ++b) {
-            if (d.ss_rows && (d.ss_rows > 1 || b == s_begin))
-              load_scale_shift(sc.sc1.data(), sc.sh.data(), ssp + (d.ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
-            T* dsc = d.ss_rows == 1 ? slot.dss : (d.ss_rows ? dssbp + b * 2 * Cout : nullptr);
-            const int64_t s = b - b0;  // row of the chunk
-            bwd_sample<T, xt>(p, h0p + s * JC, h1p + s * JC, gp + b * JC, prep + b * JC, d.ss_rows > 0, dsc,
-                              dH0p + b * JC, dH1p + b * JC, slot, J, Cout, static_cast<int>(act), sc);
-          }
+    at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+      const ScopedFlushDenormals ftz;
+      BwdScratch<T> sc(J, Cout);
+      for (int64_t t = t0; t < t1; ++t) {
+        T* base = slotp + t * slot_len;
+        const BwdSlot<T> slot{base, base + JC, base + JC + J * J,
+                              d.ss_rows == 1 ? base + JC + J * J + Cout : nullptr};
+        const int64_t s_begin = t * kTileSamples, s_end = std::min(B, s_begin + kTileSamples);
+        for (int64_t b = s_begin; b < s_end; ++b) {
+          if (d.ss_rows && (d.ss_rows > 1 || b == s_begin))
+            load_scale_shift(sc.sc1.data(), sc.sh.data(), ssp + (d.ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
+          T* dsc = d.ss_rows == 1 ? slot.dss : (d.ss_rows ? dssbp + b * 2 * Cout : nullptr);
+          bwd_sample<T, xt>(p, hp + b * JH, gp + b * JC, prep + b * JC, d.ss_rows > 0, dsc, dHp + b * JH, slot, J,
+                            Cout, static_cast<int>(act), sc);
         }
-      });
-    }
-    dx = at::mm(dH0, p.w0.t());
-    dx.addmm_(dH1, p.w1.t());
-    dx = dx.view({B, J, d.Cin}).to(x.scalar_type());
-    dw = at::stack({at::mm(xw.t(), dH0), at::mm(xw.t(), dH1)}).to(w.scalar_type());
+      }
+    });
+    dx = at::mm(dH, p.wcat.t()).view({B, J, d.Cin}).to(x.scalar_type());
+    // d[w0 | w1] [Cin, 2 Cout] -> dw [2, Cin, Cout]
+    dw = at::mm(xw.t(), dH).view({d.Cin, 2, Cout}).permute({1, 0, 2}).contiguous().to(w.scalar_type());
     const at::Tensor tot = slots.sum(0);  // fixed order over the tiles
     dm = tot.narrow(0, 0, JC).view({J, Cout}).to(m.scalar_type());
     da = tot.narrow(0, JC, J * J).view({J, J}).to(a.scalar_type());

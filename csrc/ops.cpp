@@ -10,12 +10,15 @@ TORCH_LIBRARY(diffupose, m) {
   //   out = act(pre * (1 + scale) + shift) + residual,  (scale, shift) = scale_shift[b or 0]
   // w [2, C_in, C_out], m [J, C_out], a [J, J], bias [C_out], scale_shift [1 or B, 2, C_out],
   // residual [B, J, C_out]; act: 0 none, 1 relu, 2 silu. `pre` is written only when
-  // save_pre (training), else it is an empty tensor.
+  // save_pre (training), else it is an empty tensor. `h` = x @ [w[0] | w[1]] [B * J, 2 C_out] in
+  // the accumulation dtype (float32, float64 for float64 x), the GEMM's output kept for the
+  // backward when save_pre by the kernels that materialise it (CPU, CUDA); else empty.
   m.def("mgcn_fwd(Tensor x, Tensor w, Tensor m, Tensor a, Tensor bias, Tensor? scale_shift, "
-        "Tensor? residual, int act, bool save_pre) -> (Tensor out, Tensor pre)");
-  // Gradients of mgcn_fwd from grad_out and the saved pre: (dx, dw, dm, da, dbias, dscale_shift);
-  // dscale_shift is empty when scale_shift is None. The residual's gradient is grad_out itself.
-  m.def("mgcn_bwd(Tensor grad_out, Tensor x, Tensor w, Tensor m, Tensor a, Tensor pre, "
+        "Tensor? residual, int act, bool save_pre) -> (Tensor out, Tensor pre, Tensor h)");
+  // Gradients of mgcn_fwd from grad_out and the saved pre and h (h empty: computed again):
+  // (dx, dw, dm, da, dbias, dscale_shift); dscale_shift is empty when scale_shift is None. The
+  // residual's gradient is grad_out itself.
+  m.def("mgcn_bwd(Tensor grad_out, Tensor x, Tensor w, Tensor m, Tensor a, Tensor pre, Tensor h, "
         "Tensor? scale_shift, int act) -> (Tensor dx, Tensor dw, Tensor dm, Tensor da, "
         "Tensor dbias, Tensor dscale_shift)");
   // One DDIM/DDPM step for x [M, J, D] (M = B * n_hyp, hypotheses of a frame adjacent):

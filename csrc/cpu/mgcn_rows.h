@@ -12,9 +12,11 @@ template <typename T>
 struct RowsOf {
   void (*fwd)(T* u, const T* pre, const T* scale1, const T* shift, int64_t C, int act);
   void (*bwd)(T* g, T* u, const T* pre, const T* scale1, const T* shift, int64_t C, int act);
-  void (*agg_fwd)(T* pre, T* g1, const T* h0, const T* h1, const T* m, const T* a, const T* bias, int64_t J, int64_t C);
-  void (*agg_bwd)(T* dh0, T* dh1, T* dm, T* da, T* g1, const T* dpre, const T* h0, const T* h1, const T* m,
-                  const T* a, int64_t J, int64_t C);
+  // h0, h1, dh0, dh1: rows ldh apart (the halves of [H0 | H1] rows: ldh = 2 C)
+  void (*agg_fwd)(T* pre, T* g1, const T* h0, const T* h1, int64_t ldh, const T* m, const T* a, const T* bias,
+                  int64_t J, int64_t C);
+  void (*agg_bwd)(T* dh0, T* dh1, int64_t ldh, T* dm, T* da, T* g1, const T* dpre, const T* h0, const T* h1,
+                  const T* m, const T* a, int64_t J, int64_t C);
 };
 
 // One modulated graph convolution, forward, float32, over whole samples of J rows each: the whole

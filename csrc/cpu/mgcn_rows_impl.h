@@ -76,16 +76,18 @@ void epilogue_row_bwd(T* g, T* u, const T* pre, const T* scale1, const T* shift,
 }
 
 // The J x J aggregation of one sample, forward: pre [J, C] = diag(a) m H0 + offdiag(a) (m H1) + bias;
-// g1 [J, C] scratch (m * H1). h0, h1 [J, C]; m [J, C]; a [J, J]; bias [C].
+// g1 [J, C] scratch (m * H1). h0, h1 [J, C] with row stride ldh (2 C when they are the two halves
+// of one GEMM's [H0 | H1] rows); m [J, C]; a [J, J]; bias [C].
 template <typename T>
-void aggregate_fwd(T* pre, T* g1, const T* h0, const T* h1, const T* m, const T* a, const T* bias, int64_t J,
-                   int64_t C) {
-  for (int64_t i = 0; i < J * C; ++i) g1[i] = m[i] * h1[i];
+void aggregate_fwd(T* pre, T* g1, const T* h0, const T* h1, int64_t ldh, const T* m, const T* a, const T* bias,
+                   int64_t J, int64_t C) {
+  for (int64_t j = 0; j < J; ++j)
+    for (int64_t c = 0; c < C; ++c) g1[j * C + c] = m[j * C + c] * h1[j * ldh + c];
   for (int64_t j = 0; j < J; ++j) {
     T* row = pre + j * C;
     const T ajj = a[j * J + j];
     const T* mj = m + j * C;
-    const T* h0j = h0 + j * C;
+    const T* h0j = h0 + j * ldh;
     for (int64_t c = 0; c < C; ++c) row[c] = bias[c] + ajj * mj[c] * h0j[c];
     for (int64_t k = 0; k < J; ++k) {
       if (k == j) continue;  // the own joint goes through w0, not w1
@@ -96,21 +98,23 @@ void aggregate_fwd(T* pre, T* g1, const T* h0, const T* h1, const T* m, const T*
   }
 }
 
-// Backward of the aggregation of one sample from dpre [J, C]: writes dh0, dh1 [J, C] (the
-// gradients of H0 = x w0, H1 = x w1) and accumulates dm [J, C], da [J, J]; g1 [J, C] scratch.
+// Backward of the aggregation of one sample from dpre [J, C]: writes dh0, dh1 (the gradients of
+// H0 = x w0, H1 = x w1; row stride ldh, as h0, h1) and accumulates dm [J, C], da [J, J]; g1 [J, C]
+// scratch.
 //   self:       dG0_j = a_jj dpre_j;  dH0_j = m_j dG0_j;  dm_j += dG0_j H0_j;  da_jj += <dpre_j, m_j H0_j>
 //   neighbours: dG1_k = sum_{j != k} a_jk dpre_j;  dH1_k = m_k dG1_k;  dm_k += dG1_k H1_k;
 //               da_jk += <dpre_j, m_k H1_k>
 template <typename T>
-void aggregate_bwd(T* dh0, T* dh1, T* dm, T* da, T* g1, const T* dpre, const T* h0, const T* h1, const T* m,
-                   const T* a, int64_t J, int64_t C) {
-  for (int64_t i = 0; i < J * C; ++i) g1[i] = m[i] * h1[i];
+void aggregate_bwd(T* dh0, T* dh1, int64_t ldh, T* dm, T* da, T* g1, const T* dpre, const T* h0, const T* h1,
+                   const T* m, const T* a, int64_t J, int64_t C) {
+  for (int64_t j = 0; j < J; ++j)
+    for (int64_t c = 0; c < C; ++c) g1[j * C + c] = m[j * C + c] * h1[j * ldh + c];
   for (int64_t j = 0; j < J; ++j) {
     const T* dpj = dpre + j * C;
     const T* mj = m + j * C;
-    const T* h0j = h0 + j * C;
+    const T* h0j = h0 + j * ldh;
     T* dmj = dm + j * C;
-    T* dh0j = dh0 + j * C;
+    T* dh0j = dh0 + j * ldh;
     const T ajj = a[j * J + j];
     T dajj = 0;
 #pragma omp simd reduction(+ : dajj)  // lets the dot product vectorize (reassociation)
@@ -122,13 +126,14 @@ void aggregate_bwd(T* dh0, T* dh1, T* dm, T* da, T* g1, const T* dpre, const T* 
     }
     da[j * J + j] += dajj;
   }
-  for (int64_t i = 0; i < J * C; ++i) dh1[i] = T(0);  // dG1 accumulates here first
+  for (int64_t k = 0; k < J; ++k)  // dG1 accumulates in dh1 first
+    for (int64_t c = 0; c < C; ++c) dh1[k * ldh + c] = T(0);
   for (int64_t j = 0; j < J; ++j) {
     const T* dpj = dpre + j * C;
     for (int64_t k = 0; k < J; ++k) {
       if (k == j) continue;
       const T ajk = a[j * J + k];
-      T* dg1k = dh1 + k * C;
+      T* dg1k = dh1 + k * ldh;
       const T* gk = g1 + k * C;
       T dajk = 0;
 #pragma omp simd reduction(+ : dajk)
@@ -139,9 +144,13 @@ void aggregate_bwd(T* dh0, T* dh1, T* dm, T* da, T* g1, const T* dpre, const T* 
       da[j * J + k] += dajk;
     }
   }
-  for (int64_t i = 0; i < J * C; ++i) {
-    dm[i] += dh1[i] * h1[i];
-    dh1[i] *= m[i];
+  for (int64_t k = 0; k < J; ++k) {
+    T* dg1k = dh1 + k * ldh;
+    const T* h1k = h1 + k * ldh;
+    for (int64_t c = 0; c < C; ++c) {
+      dm[k * C + c] += dg1k[c] * h1k[c];
+      dg1k[c] *= m[k * C + c];
+    }
   }
 }
 

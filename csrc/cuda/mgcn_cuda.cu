@@ -297,7 +297,7 @@ void check_joints(int64_t J, at::ScalarType acc) {
               " inputs (a block keeps whole samples in shared memory), got ", J);
 }
 
-std::tuple<at::Tensor, at::Tensor> mgcn_fwd_cuda(const at::Tensor& x_, const at::Tensor& w, const at::Tensor& m_,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mgcn_fwd_cuda(const at::Tensor& x_, const at::Tensor& w, const at::Tensor& m_,
                                                  const at::Tensor& a_, const at::Tensor& bias_,
                                                  const c10::optional<at::Tensor>& scale_shift,
                                                  const c10::optional<at::Tensor>& residual, int64_t act,
@@ -311,7 +311,8 @@ std::tuple<at::Tensor, at::Tensor> mgcn_fwd_cuda(const at::Tensor& x_, const at:
   const at::Tensor x = x_.contiguous();
   at::Tensor out = at::empty({d.B, d.J, d.Cout}, x.options());
   at::Tensor pre = save_pre ? at::empty({d.B, d.J, d.Cout}, x.options()) : at::empty({0}, x.options());
-  if (out.numel() == 0) return {out, pre};  // empty batch (or J / Cout = 0): nothing to launch
+  if (out.numel() == 0)  // empty batch (or J / Cout = 0): nothing to launch
+    return {out, pre, save_pre ? at::empty({d.B * d.J, 2 * d.Cout}, x.options().dtype(acc)) : at::empty({0}, x.options())};
 
   // Parameters in the accumulation dtype: tiny ([J, Cout], [J, J], [Cout]), and it spares the
   // kernels a template parameter per parameter dtype.
@@ -320,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor> mgcn_fwd_cuda(const at::Tensor& x_, const at:
   const at::Tensor res = residual.has_value() ? residual->contiguous() : at::Tensor();
   // the GEMM operands in the accumulation dtype (no-ops for fp32 x and parameters)
   const at::Tensor x2 = x.reshape({d.B * d.J, d.Cin}).to(acc), wa = w.to(acc).contiguous();
-  const at::Tensor H = gemm_xw(x2, wa);  // [R, 2*Cout]
+  const at::Tensor H = gemm_xw(x2, wa);  // [R, 2*Cout]: kept for the backward when training
 
   const int spb = samples_per_block(d.J);
   const dim3 grid(static_cast<unsigned>((d.B + spb - 1) / spb), static_cast<unsigned>((d.Cout + kTileC - 1) / kTileC));
@@ -337,17 +338,17 @@ std::tuple<at::Tensor, at::Tensor> mgcn_fwd_cuda(const at::Tensor& x_, const at:
         spb, static_cast<int>(act));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {out, pre};
+  return {out, pre, save_pre ? H : at::empty({0}, x.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mgcn_bwd_cuda(
     const at::Tensor& grad_out_, const at::Tensor& x_, const at::Tensor& w, const at::Tensor& m_, const at::Tensor& a_,
-    const at::Tensor& pre_, const c10::optional<at::Tensor>& scale_shift, int64_t act) {
+    const at::Tensor& pre_, const at::Tensor& h_, const c10::optional<at::Tensor>& scale_shift, int64_t act) {
   const MgcnDims d = check_mgcn_args(x_, w, m_, a_, scale_shift, act);
   const int64_t R = d.B * d.J;
   const bool empty = R == 0 || d.Cout == 0;  // nothing flows back; pre is legitimately empty then
   if (!empty) {
-    check_mgcn_bwd_args(d, grad_out_, pre_);
+    check_mgcn_bwd_args(d, grad_out_, pre_, h_);
   } else {  // the shared check rejects an empty pre, which is all an empty batch can save
     TORCH_CHECK(grad_out_.dim() == 3 && grad_out_.size(0) == d.B && grad_out_.size(1) == d.J &&
                     grad_out_.size(2) == d.Cout,
@@ -372,7 +373,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor g = grad_out_.to(x.scalar_type()).contiguous(), pre = pre_.to(x.scalar_type()).contiguous();
   const at::Tensor m = m_.to(acc).contiguous(), a = a_.to(acc).contiguous();
   const at::Tensor x2 = x.reshape({R, d.Cin}).to(acc), wa = w.to(acc).contiguous();
-  const at::Tensor H = gemm_xw(x2, wa);  // [R, 2*Cout], recomputed
+  const at::Tensor H = h_.numel() > 0 ? h_.to(acc).contiguous() : gemm_xw(x2, wa);  // [R, 2*Cout], kept or recomputed
 
   const int spb = samples_per_block(d.J);
   const int64_t P = (d.B + spb - 1) / spb, Q = (d.Cout + kTileC - 1) / kTileC;

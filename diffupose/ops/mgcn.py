@@ -64,14 +64,22 @@ def mgcn_ref(x: Tensor, w: Tensor, m: Tensor, a: Tensor, bias: Tensor, scale_shi
 # ---------------------------------------------------------------------------------------------
 # fake kernels and autograd, shared by the C++ and Triton ops
 # ---------------------------------------------------------------------------------------------
-def _fwd_fake(x, w, m, a, bias, scale_shift, residual, act, save_pre):
-    B, J, _ = x.shape
-    out = x.new_empty(B, J, w.shape[-1])
-    pre = x.new_empty(B, J, w.shape[-1]) if save_pre else x.new_empty(0)
-    return out, pre
+def _make_fwd_fake(keeps_h: bool):
+    """The forward's fake for a kernel that keeps h = x @ [w0 | w1] [B*J, 2 C_out] (opmath) when
+    training (the C++ kernels), or returns it empty (Triton: its GEMM never leaves the kernel)."""
+    def fwd_fake(x, w, m, a, bias, scale_shift, residual, act, save_pre):
+        B, J, _ = x.shape
+        cout = w.shape[-1]
+        out = x.new_empty(B, J, cout)
+        pre = x.new_empty(B, J, cout) if save_pre else x.new_empty(0)
+        opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+        h = x.new_empty(B * J, 2 * cout, dtype=opmath) if save_pre and keeps_h else x.new_empty(0)
+        return out, pre, h
+
+    return fwd_fake
 
 
-def _bwd_fake(grad_out, x, w, m, a, pre, scale_shift, act):
+def _bwd_fake(grad_out, x, w, m, a, pre, h, scale_shift, act):
     dss = scale_shift.new_empty(scale_shift.shape) if scale_shift is not None else x.new_empty(0)
     return (x.new_empty(x.shape), w.new_empty(w.shape), m.new_empty(m.shape), a.new_empty(a.shape),
             w.new_empty(w.shape[-1]), dss)
@@ -79,8 +87,8 @@ def _bwd_fake(grad_out, x, w, m, a, pre, scale_shift, act):
 
 def _setup_context(ctx, inputs, output):
     x, w, m, a, bias, scale_shift, residual, act, save_pre = inputs
-    _, pre = output
-    ctx.save_for_backward(x, w, m, a, pre, scale_shift)
+    _, pre, h = output
+    ctx.save_for_backward(x, w, m, a, pre, h, scale_shift)
     ctx.act = act
     ctx.has_residual = residual is not None
     ctx.bias_dtype = bias.dtype
@@ -88,20 +96,20 @@ def _setup_context(ctx, inputs, output):
 
 
 def _make_backward(bwd_op):
-    def backward(ctx, grad_out, _grad_pre):
+    def backward(ctx, grad_out, _grad_pre, _grad_h):
         if not ctx.save_pre:
             raise RuntimeError("mgcn: backward through a forward run with save_pre=False; call diffupose.ops.mgcn "
                                "with grad enabled so the pre-activation is kept")
-        x, w, m, a, pre, scale_shift = ctx.saved_tensors
-        dx, dw, dm, da, dbias, dss = bwd_op(grad_out.contiguous(), x, w, m, a, pre, scale_shift, ctx.act)
+        x, w, m, a, pre, h, scale_shift = ctx.saved_tensors
+        dx, dw, dm, da, dbias, dss = bwd_op(grad_out.contiguous(), x, w, m, a, pre, h, scale_shift, ctx.act)
         return (dx, dw, dm, da, dbias.to(ctx.bias_dtype), dss if scale_shift is not None else None,
                 grad_out if ctx.has_residual else None, None, None)
 
     return backward
 
 
-def _wire(fwd_name: str, bwd_name: str) -> None:
-    torch.library.register_fake(fwd_name)(_fwd_fake)
+def _wire(fwd_name: str, bwd_name: str, keeps_h: bool) -> None:
+    torch.library.register_fake(fwd_name)(_make_fwd_fake(keeps_h))
     torch.library.register_fake(bwd_name)(_bwd_fake)
     bwd_op = getattr(torch.ops.diffupose, bwd_name.split("::")[1])
     torch.library.register_autograd(fwd_name, _make_backward(bwd_op), setup_context=_setup_context)
@@ -109,7 +117,7 @@ def _wire(fwd_name: str, bwd_name: str) -> None:
 
 def _cpp_ops():
     fwd = cpp_op("mgcn_fwd")
-    register_once("mgcn_cpp", lambda: _wire("diffupose::mgcn_fwd", "diffupose::mgcn_bwd"))
+    register_once("mgcn_cpp", lambda: _wire("diffupose::mgcn_fwd", "diffupose::mgcn_bwd", keeps_h=True))
     return fwd
 
 
@@ -118,15 +126,16 @@ def _define_triton_ops() -> None:
 
     @torch.library.custom_op("diffupose::mgcn_fwd_triton", mutates_args=())
     def mgcn_fwd_triton(x: Tensor, w: Tensor, m: Tensor, a: Tensor, bias: Tensor, scale_shift: Optional[Tensor],
-                        residual: Optional[Tensor], act: int, save_pre: bool) -> tuple[Tensor, Tensor]:
-        return K.mgcn_fwd(x, w, m, a, bias, scale_shift, residual, act, save_pre)
+                        residual: Optional[Tensor], act: int, save_pre: bool) -> tuple[Tensor, Tensor, Tensor]:
+        out, pre = K.mgcn_fwd(x, w, m, a, bias, scale_shift, residual, act, save_pre)
+        return out, pre, x.new_empty(0)  # the kernel's GEMM stays in registers: no h to keep
 
     @torch.library.custom_op("diffupose::mgcn_bwd_triton", mutates_args=())
-    def mgcn_bwd_triton(grad_out: Tensor, x: Tensor, w: Tensor, m: Tensor, a: Tensor, pre: Tensor,
+    def mgcn_bwd_triton(grad_out: Tensor, x: Tensor, w: Tensor, m: Tensor, a: Tensor, pre: Tensor, h: Tensor,
                         scale_shift: Optional[Tensor], act: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        return K.mgcn_bwd(grad_out, x, w, m, a, pre, scale_shift, act)
+        return K.mgcn_bwd(grad_out, x, w, m, a, pre, scale_shift, act)  # h: always empty (see the forward)
 
-    _wire("diffupose::mgcn_fwd_triton", "diffupose::mgcn_bwd_triton")
+    _wire("diffupose::mgcn_fwd_triton", "diffupose::mgcn_bwd_triton", keeps_h=False)
 
 
 def _triton_ops():
@@ -178,7 +187,7 @@ def mgcn(x: Tensor, w: Tensor, m: Tensor, a: Tensor, bias: Tensor, scale_shift: 
         op = _triton_ops() if name == "triton" else _cpp_ops()
         save_pre = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x3, w, m, a, bias, scale_shift, res3))
-        out, _ = op(x3.contiguous(), w, m, a, bias, scale_shift, res3, ACTIVATIONS[act], save_pre)
+        out, _, _ = op(x3.contiguous(), w, m, a, bias, scale_shift, res3, ACTIVATIONS[act], save_pre)
     return out.reshape(*lead, J, cout)
 
 

@@ -149,11 +149,35 @@ def test_backward_without_saved_pre_is_an_error():
     skip_unless_backend("cpu")
     inp, _ = make_inputs(2, 17, 4, 4, None, False, seed=4)
     f = {k: v.float() for k, v in inp.items() if v is not None}
-    out, pre = torch.ops.diffupose.mgcn_fwd(f["x"].requires_grad_(), f["w"], f["m"], f["a"], f["bias"], None, None, 0,
-                                            False)
-    assert pre.numel() == 0
+    out, pre, h = torch.ops.diffupose.mgcn_fwd(f["x"].requires_grad_(), f["w"], f["m"], f["a"], f["bias"], None, None,
+                                               0, False)
+    assert pre.numel() == 0 and h.numel() == 0
     with pytest.raises(RuntimeError, match="save_pre"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kept_h_is_the_gemm_and_serves_the_backward(backend, dtype):
+    """Training keeps h = x @ [w0 | w1] (opmath) for the backward; it must be that GEMM's output
+    (poisoned first), and a backward from it must equal one that computes h again (empty h)."""
+    skip_unless_backend(backend)
+    dev = kernel_device(backend)
+    inp, grad = make_inputs(5, 17, 12, 20, "B", True, seed=7)
+    f = {k: v.to(dev, dtype if k in ("x", "scale_shift", "residual") else torch.float32) for k, v in inp.items()}
+    args = (f["x"], f["w"], f["m"], f["a"], f["bias"], f["scale_shift"], f["residual"], ACTIVATIONS["silu"])
+    with poisoned():
+        out, pre, h = torch.ops.diffupose.mgcn_fwd(*args, True)
+    assert h.dtype == torch.float32 and h.shape == (5 * 17, 40)
+    want = f["x"].float().reshape(-1, 12) @ torch.cat([f["w"][0], f["w"][1]], 1)
+    assert rel_err(h, want) <= 1e-6
+    g = grad.to(dev, dtype)
+    kept = torch.ops.diffupose.mgcn_bwd(g, f["x"], f["w"], f["m"], f["a"], pre, h, f["scale_shift"], 2)
+    again = torch.ops.diffupose.mgcn_bwd(g, f["x"], f["w"], f["m"], f["a"], pre, h.new_empty(0), f["scale_shift"], 2)
+    for u, v in zip(kept, again):
+        assert torch.equal(u, v)
+    with pytest.raises(RuntimeError, match="h must be empty or"):
+        torch.ops.diffupose.mgcn_bwd(g, f["x"], f["w"], f["m"], f["a"], pre, h[:-1], f["scale_shift"], 2)
 
 
 @pytest.mark.parametrize("J,cin,cout,B", [(17, 5, 64, 9), (16, 64, 64, 7), (15, 64, 5, 11)])
