@@ -55,18 +55,24 @@ def radius(spread: np.ndarray, calib: Optional[dict]) -> Optional[np.ndarray]:
 
 
 def validation_rows(config: dict):
-    """The validation PoseSet a checkpoint recorded (dataset name, keypoints, fraction, seed)."""
-    from .data.dataset import load_dataset, split_validation
+    """The validation PoseSet a checkpoint recorded (dataset name, keypoints, and the held-out
+    people or the fraction and seed)."""
+    from .data.dataset import load_dataset, split_validation, split_validation_subjects
 
     ds = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
     frac = ds.get("val_fraction")
-    if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not frac > 0:
+    subjects = ds.get("val_subjects")
+    if subjects is not None and not (isinstance(subjects, list) and all(isinstance(s, str) for s in subjects)):
+        raise CalibrationError(f"the checkpoint's val_subjects must be a list of names, got {subjects!r}")
+    if not subjects and (not isinstance(frac, (int, float)) or isinstance(frac, bool) or not frac > 0):
         raise CalibrationError("the checkpoint records no validation part of its training data (train it with "
-                               "--val-fraction, e.g. 0.05); a calibration fitted on training rows would be optimistic")
+                               "--val-fraction, e.g. 0.05, or --val-subjects); a calibration fitted on training rows would be "
+                               "optimistic")
     name, keypoints = ds.get("name"), ds.get("keypoints", "gt")
     try:
         train, _ = load_dataset(name, keypoints=keypoints)
-        _, val = split_validation(train, float(frac), int(ds.get("val_seed", 0)))
+        _, val = (split_validation_subjects(train, subjects) if subjects else
+                  split_validation(train, float(frac), int(ds.get("val_seed", 0))))
     except (OSError, ValueError, KeyError) as e:
         raise CalibrationError(f"cannot rebuild the validation rows of dataset {name!r} ({keypoints}): {e}") from None
     if len(val) != ds.get("val_frames", len(val)):

@@ -343,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser(
         "calibrate", formatter_class=_Formatter, help="fit the spread's calibration on the validation rows",
         description="Fit the per-joint scale of a checkpoint's spread on the validation part of its training data "
-                    "(the rows `--val-fraction` held out in training; the checkpoint records which) and write it into "
+                    "(the rows `--val-fraction` or `--val-subjects` held out in training; the checkpoint records which) and "
+                    "write it into "
                     "the checkpoint's JSON. Every lift with it then records the calibration: factor x scale_j x "
                     "spread is the distance within which --coverage of a joint's validation errors fell (Lifted."
                     "radius in Python). The weights are not touched.",

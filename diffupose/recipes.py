@@ -56,6 +56,9 @@ def build_parser(default_dataset: str) -> argparse.ArgumentParser:
     d.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out this share of the training rows, whole clips, as a validation set (not trained "
                         "on; recorded in the checkpoint, where the spread's calibration finds it)")
+    d.add_argument("--val-subjects", nargs="+", default=None, metavar="S",
+                   help="hold out these training people, all their rows, as the validation set instead (the "
+                        "spread's calibration then sees new people, as the test does)")
     m = p.add_argument_group("model and diffusion (default: the paper's, or the CMU/CPU recipe)")
     m.add_argument("--arch", default="gcn", choices=["gcn", "mlp", "unet", "regressor", "mlp_regressor"],
                    help="mlp_regressor: Martinez et al.'s baseline (train/baselines.py sets its recipe)")
@@ -117,11 +120,16 @@ def main(argv=None, default_dataset: str = "h36m") -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     val_rows = 0
-    if args.val_fraction:
-        from .data.dataset import split_validation
+    if args.val_fraction and args.val_subjects:
+        print("error: --val-fraction and --val-subjects are two ways to choose the validation rows: pass one",
+              file=sys.stderr)
+        return 2
+    if args.val_fraction or args.val_subjects:
+        from .data.dataset import split_validation, split_validation_subjects
 
         try:
-            train, val = split_validation(train, args.val_fraction, args.seed)
+            train, val = (split_validation_subjects(train, args.val_subjects) if args.val_subjects else
+                          split_validation(train, args.val_fraction, args.seed))
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -144,7 +152,8 @@ def main(argv=None, default_dataset: str = "h36m") -> int:
     out = Path(args.out or f"runs/{args.dataset}-{args.arch}")
     meta = {"dataset": {"name": args.dataset, "keypoints": args.keypoints, "train_frames": len(train),
                         "test_frames": len(test), "val_fraction": args.val_fraction, "val_frames": val_rows,
-                        "val_seed": args.seed}}
+                        "val_seed": args.seed, **({"val_subjects": list(args.val_subjects)} if args.val_subjects
+                                                  else {})}}
     trainer = Trainer(mcfg, dcfg, tcfg, TrainData.from_poseset(train, dcfg.pose_scale, device), out, device, meta)
     if args.resume:
         try:

@@ -77,5 +77,19 @@ def test_refused_without_a_validation_part(tmp_path, capsys):
     assert rc != 0 and "the data changed since training" in capsys.readouterr().err
 
 
+def test_validation_rows_of_held_out_people():
+    """A checkpoint trained with --val-subjects: the calibration's rows are every row of those people."""
+    train, _ = load_dataset("hdm05")
+    who = sorted(set(train.subject.tolist()))[0]
+    n = int((train.subject == who).sum())
+    val = calibration.validation_rows({"dataset": {"name": "hdm05", "keypoints": "gt", "val_fraction": 0.0,
+                                                   "val_subjects": [who], "val_frames": n}})
+    assert len(val) == n and set(val.subject.tolist()) == {who}
+    with pytest.raises(calibration.CalibrationError, match="not among the training people"):
+        calibration.validation_rows({"dataset": {"name": "hdm05", "keypoints": "gt", "val_subjects": ["nobody"]}})
+    with pytest.raises(calibration.CalibrationError, match="list of names"):
+        calibration.validation_rows({"dataset": {"name": "hdm05", "keypoints": "gt", "val_subjects": "bd"}})
+
+
 def test_radius_without_calibration_is_none():
     assert calibration.radius(np.ones((2, 17)), None) is None

@@ -157,3 +157,20 @@ def test_split_validation_takes_whole_clips():
     assert len(split_validation(ps, 0.0)[1]) == 0
     with pytest.raises(ValueError, match="validation fraction"):
         split_validation(ps, 0.6)
+
+
+def test_split_validation_subjects_takes_whole_people():
+    from diffupose.data.dataset import split_validation_subjects
+
+    n = 60
+    ps = small_set(n)
+    ps = PoseSet(pose3d=ps.pose3d, pose2d=ps.pose2d, action=ps.action,
+                 subject=np.array(["S1", "S2", "S3"] * (n // 3)), camera=np.arange(n) % 4, skeleton=H36M17,
+                 clip=np.array([f"c{i % 7}" for i in range(n)]))
+    train, val = split_validation_subjects(ps, ["S2"])
+    assert set(val.subject.tolist()) == {"S2"} and "S2" not in set(train.subject.tolist())
+    assert len(train) + len(val) == n and len(val) == n // 3
+    with pytest.raises(ValueError, match="not among the training people"):
+        split_validation_subjects(ps, ["S9"])
+    with pytest.raises(ValueError, match="nothing to train on"):
+        split_validation_subjects(ps, ["S1", "S2", "S3"])

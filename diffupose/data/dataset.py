@@ -194,6 +194,21 @@ def split_validation(train: PoseSet, fraction: float, seed: int = 0) -> tuple[Po
     return train.subset(~val), train.subset(val)
 
 
+def split_validation_subjects(train: PoseSet, subjects: Sequence[str]) -> tuple[PoseSet, PoseSet]:
+    """(train less val, val): every row of the given training people. A calibration fitted on
+    them sees new people, as the test does (clips of training people, `split_validation`, are
+    easier than new people: issue 15 measured 90% coverage there and 82% on the test people)."""
+    have = sorted(set(train.subject.astype(str)))
+    unknown = [s for s in subjects if s not in have]
+    if unknown:
+        raise ValueError(f"validation subjects {', '.join(unknown)} are not among the training people "
+                         f"({', '.join(have)})")
+    if len(set(subjects)) >= len(have):
+        raise ValueError("holding out every training person leaves nothing to train on")
+    val = np.isin(train.subject.astype(str), list(subjects))
+    return train.subset(~val), train.subset(val)
+
+
 def load_cmu(data_dir: Path, keypoints: str = "gt", cameras: Optional[PathLike] = None,
              train_subjects: Optional[Sequence[str]] = None, test_subjects: Optional[Sequence[str]] = None,
              downsample: int = 1) -> tuple[PoseSet, PoseSet]:
