@@ -62,3 +62,11 @@ def test_validation_holdout_is_recorded(tmp_path, capsys):
     capsys.readouterr()
     assert main([*common, "--out", str(tmp_path / "c"), "--val-fraction", "0.7"]) == 2
     assert capsys.readouterr().err.startswith("error: validation fraction")
+    # whole people instead (recorded by name), and not both ways at once
+    assert main([*common, "--out", str(tmp_path / "d"), "--val-subjects", "S8"]) == 0
+    people = json.loads((tmp_path / "d" / "model.json").read_text())["dataset"]
+    assert people["val_subjects"] == ["S8"] and 0 < people["val_frames"] < full["train_frames"]
+    assert people["train_frames"] + people["val_frames"] == full["train_frames"]
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "e"), "--val-subjects", "S8", "--val-fraction", "0.1"]) == 2
+    assert "pass one" in capsys.readouterr().err
