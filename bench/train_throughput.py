@@ -9,6 +9,8 @@ denoiser, side by side in one process:
              graphs and breaks counted, 2 and 1, and that no step after the first recompiled).
              Mode (--compile-mode): default (max-autotune on a GPU); --no-compile leaves it out
   cpu / cuda / triton   the fused ops
+  cpu/norm-in-torch  the fused ops with the training batch norm and epilogue in PyTorch instead of
+             diffupose::norm_act (what the CPU layer ran before that op): what the op buys
   cpu+compile (cuda+compile, ...)  the fused ops with the rest of the step (normalisation,
              epilogues, loss, Adam) through torch.compile the same way: the ops have fake
              kernels, so the graph holds them whole; what it adds over `compile` is the ops
@@ -21,6 +23,7 @@ figure is the median step time over --repeats steps.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -32,11 +35,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import diffupose  # noqa: E402,F401  (first: it sets OpenMP's wait policy before torch loads the runtime)
 import torch  # noqa: E402
 
-from diffupose import ops  # noqa: E402
+from diffupose import layers, ops  # noqa: E402
 from diffupose.baselines import busy_processes, compile_counts, reset_compiled  # noqa: E402
 from diffupose.diffusion import Diffusion, DiffusionConfig, joint_weights  # noqa: E402
 from diffupose.model import ModelConfig, build_model  # noqa: E402
+from diffupose.ops.mgcn import activation_ref  # noqa: E402
 from diffupose.training import amp_dtype  # noqa: E402
+
+
+@contextlib.contextmanager
+def norm_in_torch():
+    """ChannelBatchNorm.forward_fused as the PyTorch chain it replaces (F.batch_norm, FiLM, act, residual)."""
+    fused = layers.ChannelBatchNorm.forward_fused
+
+    def chain(self, pre, scale_shift, residual, act, backend=None):
+        h = self(pre)
+        if scale_shift is not None:
+            h = h * (1.0 + scale_shift[:, 0, None, :]) + scale_shift[:, 1, None, :]
+        h = activation_ref(h, act)
+        return h if residual is None else h + residual
+
+    layers.ChannelBatchNorm.forward_fused = chain
+    try:
+        yield
+    finally:
+        layers.ChannelBatchNorm.forward_fused = fused
 
 
 def step_time(backend, args, device, compiled=False) -> dict:
@@ -119,6 +142,7 @@ def main(argv=None):
         args.compile_mode = "max-autotune" if device.type == "cuda" else "default"
     fused = ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
     candidates = ["reference"] + (["compile"] if args.compile else []) + fused + \
+        (["cpu/norm-in-torch"] if device.type == "cpu" else []) + \
         ([f"{b}+compile" for b in fused] if args.compile else [])
     print(f"# torch {torch.__version__}, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
           f" ({torch.get_num_threads()} threads), d_model {args.d_model}, blocks {args.blocks}, batch {args.batch}, "
@@ -126,13 +150,14 @@ def main(argv=None):
     print("# command: python " + " ".join(sys.argv))
     rows = []
     for name in candidates:
-        backend = "reference" if name == "compile" else name.split("+")[0]
+        backend = "reference" if name == "compile" else name.split("+")[0].split("/")[0]
         try:
             ops.resolve(backend, device)
         except ops.BackendUnavailable as e:
             print(f"# {backend}: unavailable ({e})")
             continue
-        res = step_time(backend, args, device, compiled=name.endswith("compile"))
+        with norm_in_torch() if name.endswith("/norm-in-torch") else contextlib.nullcontext():
+            res = step_time(backend, args, device, compiled=name.endswith("compile"))
         t = res.pop("step_s")
         tc = res.pop("contended_step_s", None)
         rows.append({"backend": name, "step_ms": t * 1e3, "samples_per_s": args.batch / t, **res,

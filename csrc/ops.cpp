@@ -21,6 +21,16 @@ TORCH_LIBRARY(diffupose, m) {
   m.def("mgcn_bwd(Tensor grad_out, Tensor x, Tensor w, Tensor m, Tensor a, Tensor pre, Tensor h, "
         "Tensor? scale_shift, int act) -> (Tensor dx, Tensor dw, Tensor dm, Tensor da, "
         "Tensor dbias, Tensor dscale_shift)");
+  // Training-mode batch norm over the B*J rows of pre [B, J, C] with the epilogue of mgcn_fwd:
+  //   out = act(((pre - mean) * rsqrt(var + eps) * gamma + beta) * (1 + scale) + shift) + residual
+  // mean, var: the batch's per-channel mean and biased variance [C], in the accumulation dtype
+  // (the caller updates its running statistics from them). CPU kernel only: csrc/norm_act_cpu.cpp.
+  m.def("norm_act_fwd(Tensor pre, Tensor gamma, Tensor beta, Tensor? scale_shift, Tensor? residual, "
+        "int act, float eps) -> (Tensor out, Tensor mean, Tensor var)");
+  // Gradients of norm_act_fwd: (dpre, dgamma, dbeta, dscale_shift), dscale_shift empty without a
+  // scale_shift; the residual's gradient is grad_out itself.
+  m.def("norm_act_bwd(Tensor grad_out, Tensor pre, Tensor gamma, Tensor beta, Tensor mean, Tensor var, "
+        "Tensor? scale_shift, int act, float eps) -> (Tensor dpre, Tensor dgamma, Tensor dbeta, Tensor dscale_shift)");
   // One DDIM/DDPM step for x [M, J, D] (M = B * n_hyp, hypotheses of a frame adjacent):
   //   x0 = clip((x - sqrt_1m_abar * eps) / sqrt_abar); eps' = (x - sqrt_abar * x0) / sqrt_1m_abar
   //   x_prev = c_x0 * x0 + c_eps * eps' + sigma * z

@@ -108,8 +108,12 @@ class ModulatedGraphConv(nn.Module):
             w, bias = self.folded()  # inference: the normalisation is in the weights, one fused op
             return ops.mgcn(x, w, self.M, self.affinity(), bias, scale_shift, residual, self.act, backend)
         # training (batch statistics), or a layer norm (data-dependent, cannot be folded): the op
-        # computes `pre`, the normalisation and the epilogue run in PyTorch
-        h = self.norm(ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, None, None, "none", backend))
+        # computes `pre`, then the normalisation and the epilogue: one more fused op where the
+        # backend has it (CPU), else PyTorch
+        pre = ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, None, None, "none", backend)
+        if isinstance(self.norm, ChannelBatchNorm) and ops.resolve(backend, x.device) == "cpu":
+            return self.norm.forward_fused(pre, scale_shift, residual, self.act, backend)
+        h = self.norm(pre)
         if scale_shift is not None:
             ss = scale_shift.to(h.dtype)
             h = h * (1.0 + ss[:, 0, None, :]) + ss[:, 1, None, :]
@@ -133,6 +137,18 @@ class ChannelBatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
+
+    def forward_fused(self, pre: Tensor, scale_shift: Optional[Tensor], residual: Optional[Tensor], act: str,
+                      backend: Optional[str] = None) -> Tensor:
+        """Training only: act(self(pre) * (1 + scale) + shift) + residual as one op
+        (diffupose.ops.norm_act), the running statistics updated as F.batch_norm does (the variance
+        unbiased)."""
+        out, mean, var = ops.norm_act(pre, self.weight, self.bias, scale_shift, residual, act, self.eps, backend)
+        n = pre.numel() // pre.shape[-1]
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_((var * (n / (n - 1))).to(self.running_var.dtype), self.momentum)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         C = x.shape[-1]

@@ -17,6 +17,15 @@ struct RowsOf {
                   int64_t J, int64_t C);
   void (*agg_bwd)(T* dh0, T* dh1, int64_t ldh, T* dm, T* da, T* g1, const T* dpre, const T* h0, const T* h1,
                   const T* m, const T* a, int64_t J, int64_t C);
+  // the training batch norm (csrc/norm_act_cpu.cpp): acc += row, or (row - centre)^2 with a centre
+  void (*norm_sum)(T* acc, const T* row, const T* centre, int64_t C);
+  // dz (after act') -> dy = dz * s1 in place, accumulating dsc [2, C] += (dz * y, dz) (dsc, s1
+  // nullable: no scale-shift), db += dy, dg += dy * xhat; y = pre * k + c0, xhat = (pre - mu) * rstd
+  void (*norm_bwd)(T* dz, const T* pre, const T* k, const T* c0, const T* s1, T* dsc, T* db, T* dg, const T* mu,
+                   const T* rstd, int64_t C);
+  // dy -> dpre in place: rstd * gamma * (dy - dbn - xhat * dgn), dbn, dgn = dbeta / n, dgamma / n
+  void (*norm_dpre)(T* dy, const T* pre, const T* mu, const T* rstd, const T* gamma, const T* dbn, const T* dgn,
+                    int64_t C);
 };
 
 // One modulated graph convolution, forward, float32, over whole samples of J rows each: the whole

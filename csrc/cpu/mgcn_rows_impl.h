@@ -322,9 +322,46 @@ void conv_panels_fwd(const ConvPanels& p, int64_t p0, int64_t p1) {
   }
 }
 
+// The training batch norm's rows (cpu/mgcn_rows.h, RowsOf::norm_*): straight loops to vectorize.
+template <typename T>
+void norm_sum_row(T* acc, const T* row, const T* centre, int64_t C) {
+  if (centre)
+    for (int64_t c = 0; c < C; ++c) {
+      const T d = row[c] - centre[c];
+      acc[c] += d * d;
+    }
+  else
+    for (int64_t c = 0; c < C; ++c) acc[c] += row[c];
+}
+
+template <typename T>
+void norm_bwd_row(T* dz, const T* pre, const T* k, const T* c0, const T* s1, T* dsc, T* db, T* dg, const T* mu,
+                  const T* rstd, int64_t C) {
+  if (dsc)
+    for (int64_t c = 0; c < C; ++c) {
+      dsc[c] += dz[c] * (pre[c] * k[c] + c0[c]);
+      dsc[C + c] += dz[c];
+      dz[c] *= s1[c];
+    }
+  for (int64_t c = 0; c < C; ++c) {
+    db[c] += dz[c];
+    dg[c] += dz[c] * ((pre[c] - mu[c]) * rstd[c]);
+  }
+}
+
+template <typename T>
+void norm_dpre_row(T* dy, const T* pre, const T* mu, const T* rstd, const T* gamma, const T* dbn, const T* dgn,
+                   int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const T xhat = (pre[c] - mu[c]) * rstd[c];
+    dy[c] = rstd[c] * gamma[c] * (dy[c] - dbn[c] - xhat * dgn[c]);
+  }
+}
+
 template <typename T>
 RowsOf<T> rows_table() {
-  return {epilogue_row_fwd<T>, epilogue_row_bwd<T>, aggregate_fwd<T>, aggregate_bwd<T>};
+  return {epilogue_row_fwd<T>, epilogue_row_bwd<T>, aggregate_fwd<T>, aggregate_bwd<T>,
+          norm_sum_row<T>,     norm_bwd_row<T>,     norm_dpre_row<T>};
 }
 
 }  // namespace DP_ROWS_NS

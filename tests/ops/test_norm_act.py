@@ -1,0 +1,186 @@
+"""The training batch norm + epilogue op (diffupose::norm_act_fwd/_bwd, CPU) against the fp64
+reference: forward, batch statistics and every gradient, on fresh random inputs, poisoned outputs.
+
+Bound as in test_mgcn.py: at most twice PyTorch's own relative error in the kernel's dtype against
+fp64 (with a floor per dtype).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from diffupose.ops import ACTIVATIONS, norm_act, norm_act_ref
+from tests.helpers import poisoned, rel_err, skip_unless_backend
+
+FLOOR = {torch.float32: 1e-5, torch.float16: 5e-4, torch.bfloat16: 4e-3, torch.float64: 1e-12}
+
+
+def make_inputs(B, J, C, ss_rows, with_res, seed=None):
+    """pre with an offset and a per-channel scale (as a convolution's output), gamma near 1."""
+    g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31, ())))
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    inp = dict(pre=0.5 + r(B, J, C) * (1 + r(C).abs()), gamma=1 + 0.3 * r(C), beta=0.2 * r(C))
+    inp["scale_shift"] = None if ss_rows is None else 0.3 * r(B if ss_rows == "B" else 1, 2, C)
+    inp["residual"] = r(B, J, C) if with_res else None
+    return inp, r(B, J, C)
+
+
+def run(inp, grad, act, dtype, backend):
+    leaves = {k: None if v is None else
+              v.to(dtype=torch.float32 if (k in ("gamma", "beta") and dtype != torch.float64) else dtype,
+                   copy=True).requires_grad_(True) for k, v in inp.items()}
+    args = (leaves["pre"], leaves["gamma"], leaves["beta"], leaves["scale_shift"], leaves["residual"], act)
+    out, mean, var = norm_act_ref(*args) if backend == "torch" else norm_act(*args, backend=backend)
+    (out.double() * grad).sum().backward()
+    return (out, mean, var), {k: v.grad for k, v in leaves.items() if v is not None}
+
+
+def check(B, J, C, act, ss_rows, with_res, dtype):
+    skip_unless_backend("cpu")
+    inp, grad = make_inputs(B, J, C, ss_rows, with_res)
+    ref, ref_grads = run(inp, grad, act, torch.float64, "torch")
+    same, same_grads = run(inp, grad, act, dtype, "torch")
+    with poisoned():
+        got, grads = run(inp, grad, act, dtype, "cpu")
+    assert got[0].dtype == dtype and got[0].shape == (B, J, C)
+    opmath = torch.float64 if dtype == torch.float64 else torch.float32
+    assert got[1].dtype == opmath and got[2].dtype == opmath
+    floor = FLOOR[dtype]
+    for name, u, s, v in zip(("out", "mean", "var"), got, same, ref):
+        bound = max(2 * rel_err(s, v), floor)
+        assert rel_err(u, v) <= bound, f"{name}: {rel_err(u, v):.3e} > {bound:.3e}"
+    for k, gref in ref_grads.items():
+        assert grads[k].dtype == same_grads[k].dtype, k
+        bound = max(2 * rel_err(same_grads[k], gref), floor)
+        e = rel_err(grads[k], gref)
+        assert e <= bound, f"d{k}: {e:.3e} > {bound:.3e}"
+
+
+@pytest.mark.parametrize("J", [15, 16, 17])
+@pytest.mark.parametrize("C", [5, 64, 131])
+def test_shapes_fp32(J, C):
+    for B in (1, 3, 257):
+        check(B, J, C, "silu", "B", True, torch.float32)
+
+
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("ss_rows", [None, 1, "B"])
+@pytest.mark.parametrize("with_res", [False, True])
+def test_epilogues(act, ss_rows, with_res):
+    check(11, 17, 24, act, ss_rows, with_res, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("J", [15, 17])
+def test_half_precision(dtype, J):
+    check(301, J, 128, "silu", "B", True, dtype)
+
+
+def test_gradcheck_float64():
+    skip_unless_backend("cpu")
+    for ss_rows, with_res in (("B", True), (1, False), (None, False)):
+        inp, _ = make_inputs(3, 15, 4, ss_rows, with_res, seed=1)
+        keys = [k for k, v in inp.items() if v is not None]
+        ts = [inp[k].clone().requires_grad_(True) for k in keys]
+
+        def f(*t):
+            d = dict(zip(keys, t))
+            return norm_act(d["pre"], d["gamma"], d["beta"], d.get("scale_shift"), d.get("residual"), "silu",
+                            backend="cpu")[0]
+
+        assert torch.autograd.gradcheck(f, ts, eps=1e-6, atol=1e-7)
+
+
+def test_opcheck():
+    """Schema, fake kernel and autograd registration agree with the real kernel."""
+    skip_unless_backend("cpu")
+    inp, _ = make_inputs(5, 16, 6, "B", True, seed=3)
+    args = [inp[k].float().requires_grad_() for k in ("pre", "gamma", "beta", "scale_shift")]
+    torch.library.opcheck(torch.ops.diffupose.norm_act_fwd,
+                          (*args, inp["residual"].float(), ACTIVATIONS["silu"], 1e-5))
+
+
+def test_result_does_not_depend_on_the_thread_count():
+    """The batch reductions go per fixed tile of samples, summed in order: bit for bit the same
+    on 1 and on 2 threads."""
+    skip_unless_backend("cpu")
+    inp, grad = make_inputs(67, 17, 40, "B", True, seed=5)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            got, grads = run(inp, grad, "silu", torch.float32, "cpu")
+            results.append([*got, *grads.values()])
+    finally:
+        torch.set_num_threads(threads)
+    for u, v in zip(*results):
+        assert torch.equal(u, v)
+
+
+def test_training_layer_matches_the_unfused_batch_norm(monkeypatch):
+    """The fused training layer (CPU) and the PyTorch one (reference backend: F.batch_norm, then the
+    epilogue) agree on the output, every gradient and the running statistics after two steps."""
+    skip_unless_backend("cpu")
+    from diffupose import ops
+    from diffupose.layers import ModulatedGraphConv
+
+    calls = []
+    monkeypatch.setattr(ops, "norm_act", lambda *a, **k: calls.append(k.get("backend", a[-1])) or norm_act(*a, **k))
+    from diffupose.skeleton import get_skeleton
+
+    torch.manual_seed(0)
+    adj = get_skeleton("h36m17").adjacency()
+    fused = ModulatedGraphConv(24, 24, adj, "silu", norm="batch").double().train()
+    plain = copy.deepcopy(fused)
+    for _ in range(2):
+        x = torch.randn(9, 17, 24, dtype=torch.float64)
+        ss = 0.3 * torch.randn(9, 2, 24, dtype=torch.float64)
+        outs = [layer(x, ss, x, backend=be) for layer, be in ((fused, "cpu"), (plain, "reference"))]
+        assert rel_err(outs[0], outs[1]) < 1e-12
+        for o in outs:
+            o.pow(2).sum().backward()
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
+        # atol: the convolution bias' gradient is zero before a batch norm (rounding only)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10, msg=name)
+    for (name, b), c in zip(fused.named_buffers(), plain.buffers()):
+        assert rel_err(b, c) < 1e-12, name
+    assert calls == ["cpu", "cpu"]  # the CPU layer ran the fused op, the reference one did not
+
+
+def test_bad_inputs_are_clear_errors():
+    skip_unless_backend("cpu")
+    pre, g, b = torch.randn(4, 17, 8), torch.ones(8), torch.zeros(8)
+    with pytest.raises(ValueError, match="more than one row"):
+        norm_act(torch.randn(1, 1, 8), g, b, backend="cpu")
+    with pytest.raises(ValueError, match="gamma and beta must be"):
+        norm_act(pre, torch.ones(7), b, backend="cpu")
+    with pytest.raises(ValueError, match="scale_shift must be"):
+        norm_act(pre, g, b, torch.zeros(3, 2, 8), backend="cpu")
+    with pytest.raises(ValueError, match="residual must be"):
+        norm_act(pre, g, b, None, torch.zeros(4, 17, 7), backend="cpu")
+    with pytest.raises(ValueError, match="unknown activation"):
+        norm_act(pre, g, b, act="gelu", backend="cpu")
+    with pytest.raises(RuntimeError, match="more than one row"):  # the kernel's own check
+        torch.ops.diffupose.norm_act_fwd(torch.randn(1, 1, 8), g, b, None, None, 0, 1e-5)
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+def test_every_instruction_set_this_cpu_runs(isa):
+    """The op's rows (cpu/mgcn_rows_impl.h) of each compiled instruction set; a set this CPU lacks
+    is refused without running any of its code (tests/ops/test_cpu_isa.py)."""
+    skip_unless_backend("cpu")
+    from diffupose.ops.backend import extension
+
+    ext = extension()
+    best = ext.cpu_isa()
+    if not ext.set_cpu_isa(isa):
+        pytest.skip(f"this CPU (or the run's cap) has no {isa}")
+    try:
+        check(13, 17, 40, "silu", "B", True, torch.float32)
+        check(6, 15, 33, "relu", 1, False, torch.float32)
+        check(9, 16, 64, "silu", "B", True, torch.bfloat16)
+    finally:
+        assert ext.set_cpu_isa(best)
