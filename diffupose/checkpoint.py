@@ -33,6 +33,8 @@ VERSION = 1
 CHECKPOINTS = Path(__file__).resolve().parent / "assets" / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINTS / "cmu_hdm05_gcn"
 CMU_ONLY_CHECKPOINT = CHECKPOINTS / "cmu_gcn"
+# the MLP denoiser trained on the same data for the same ~70 min: more accurate there (model card)
+MLP_CHECKPOINT = CHECKPOINTS / "cmu_hdm05_mlp"
 PathLike = Union[str, Path]
 
 
@@ -41,9 +43,13 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_paths(path: PathLike) -> tuple[Path, Path]:
-    """(weights, config) for a stem, a .safetensors path, a .json path, or a directory holding one
-    checkpoint named model.*"""
+    """(weights, config) for a stem, a .safetensors path, a .json path, a directory holding one
+    checkpoint named model.*, or the bare name of a shipped checkpoint (`cmu_hdm05_mlp`) where no
+    such local file or folder exists"""
     p = Path(path)
+    if (len(p.parts) == 1 and not p.exists() and not p.with_suffix(".safetensors").exists()
+            and (CHECKPOINTS / p.name).with_suffix(".json").exists()):
+        p = CHECKPOINTS / p.name
     if p.is_dir():
         p = p / "model"
     if p.suffix in (".safetensors", ".json"):

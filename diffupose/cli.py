@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="One Euro: how fast the cut-off rises with a joint's speed, Hz per m/s (higher: less lag)")
     _add_model_options(lift, "model checkpoint: <stem>.safetensors + <stem>.json, the stem, or a folder with "
                              "model.*; default: the shipped GCN trained on the CMU and HDM05 sets (diffupose/assets/checkpoints/"
-                             "cmu_hdm05_gcn, CC BY-SA 3.0; cmu_gcn beside it: CMU only)")
+                             "cmu_hdm05_gcn, CC BY-SA 3.0; cmu_gcn beside it: CMU only; cmu_hdm05_mlp: an MLP denoiser, more accurate on that data, no fused kernels)")
     lift.add_argument("-q", "--quiet", action="store_true",
                       help="no progress bar and no notes (errors and warnings still shown)")
     lift.set_defaults(func=cmd_lift)

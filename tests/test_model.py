@@ -203,7 +203,8 @@ def test_config_without_norm_reads_as_no_norm():
 
 
 def test_shipped_checkpoints_load():
-    from diffupose.checkpoint import CMU_ONLY_CHECKPOINT, DEFAULT_CHECKPOINT, load_checkpoint
+    from diffupose.checkpoint import (CMU_ONLY_CHECKPOINT, DEFAULT_CHECKPOINT, MLP_CHECKPOINT, checkpoint_paths,
+                                     load_checkpoint)
 
     # written before ModelConfig.norm existed: reads as no norm, as it was trained
     model, _, config = load_checkpoint(CMU_ONLY_CHECKPOINT)
@@ -211,4 +212,8 @@ def test_shipped_checkpoints_load():
     assert all(c.norm is None for c in model.net.layers())
     model, _, config = load_checkpoint(DEFAULT_CHECKPOINT)
     assert model.cfg.norm == "batch" and config["dataset"]["name"] == "cmu+hdm05"
+    assert len(config["calibration"]["spread_scale"]) == 17 and config["dataset"]["val_fraction"] > 0
+    assert checkpoint_paths("cmu_hdm05_mlp") == checkpoint_paths(MLP_CHECKPOINT)  # a shipped one by name
+    model, _, config = load_checkpoint(MLP_CHECKPOINT)
+    assert model.cfg.arch == "mlp" and config["dataset"]["name"] == "cmu+hdm05"
     assert len(config["calibration"]["spread_scale"]) == 17 and config["dataset"]["val_fraction"] > 0
