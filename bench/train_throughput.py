@@ -39,7 +39,7 @@ from diffupose import layers, ops  # noqa: E402
 from diffupose.baselines import busy_processes, compile_counts, reset_compiled  # noqa: E402
 from diffupose.diffusion import Diffusion, DiffusionConfig, joint_weights  # noqa: E402
 from diffupose.model import ModelConfig, build_model  # noqa: E402
-from diffupose.ops.mgcn import activation_ref  # noqa: E402
+from diffupose.ops.mgcn import epilogue_ref  # noqa: E402
 from diffupose.training import amp_dtype  # noqa: E402
 
 
@@ -49,11 +49,7 @@ def norm_in_torch():
     fused = layers.ChannelBatchNorm.forward_fused
 
     def chain(self, pre, scale_shift, residual, act, backend=None):
-        h = self(pre)
-        if scale_shift is not None:
-            h = h * (1.0 + scale_shift[:, 0, None, :]) + scale_shift[:, 1, None, :]
-        h = activation_ref(h, act)
-        return h if residual is None else h + residual
+        return epilogue_ref(self(pre), scale_shift, residual, act)
 
     layers.ChannelBatchNorm.forward_fused = chain
     try:

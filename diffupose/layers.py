@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from .ops.mgcn import activation_ref
+from .ops.mgcn import epilogue_ref
 
 NORMS = ("none", "batch", "layer")
 
@@ -113,12 +113,7 @@ class ModulatedGraphConv(nn.Module):
         pre = ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, None, None, "none", backend)
         if isinstance(self.norm, ChannelBatchNorm) and ops.resolve(backend, x.device) == "cpu":
             return self.norm.forward_fused(pre, scale_shift, residual, self.act, backend)
-        h = self.norm(pre)
-        if scale_shift is not None:
-            ss = scale_shift.to(h.dtype)
-            h = h * (1.0 + ss[:, 0, None, :]) + ss[:, 1, None, :]
-        h = activation_ref(h, self.act)
-        return h if residual is None else h + residual
+        return epilogue_ref(self.norm(pre), scale_shift, residual, self.act)
 
     def extra_repr(self) -> str:
         return f"{self.c_in}, {self.c_out}, joints={self.adj.shape[0]}, act={self.act}"

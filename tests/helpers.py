@@ -74,3 +74,21 @@ def skip_unless_backend(backend: str) -> None:
             pytest.skip("triton backend: triton is not installed")
         if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("triton backend: no GPU and TRITON_INTERPRET is not 1")
+
+
+@contextlib.contextmanager
+def cpu_isa(isa: str):
+    """Run the CPU kernels' row loops compiled for `isa` inside the block, back to the best after;
+    skips (running none of its code) where this CPU, or the run's cap, lacks that set."""
+    skip_unless_backend("cpu")
+    from diffupose.ops.backend import extension
+
+    ext = extension()
+    best = ext.cpu_isa()
+    if not ext.set_cpu_isa(isa):
+        pytest.skip(f"this CPU (or the run's cap) cannot run the {isa} version")
+    try:
+        assert ext.cpu_isa() == isa
+        yield
+    finally:
+        assert ext.set_cpu_isa(best)

@@ -44,6 +44,17 @@ def activation_ref(u: Tensor, act: str) -> Tensor:
     raise ValueError(f"unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
 
 
+def epilogue_ref(pre: Tensor, scale_shift: Optional[Tensor] = None, residual: Optional[Tensor] = None,
+                 act: str = "none") -> Tensor:
+    """act(pre * (1 + scale) + shift) + residual, pre [B, J, C], scale_shift [1 or B, 2, C]: the
+    fused epilogue of the graph convolution and of the training batch norm (norm_act.py)."""
+    if scale_shift is not None:
+        ss = scale_shift.to(pre.dtype)
+        pre = pre * (1.0 + ss[:, 0, None, :]) + ss[:, 1, None, :]
+    out = activation_ref(pre, act)
+    return out if residual is None else out + residual
+
+
 def mgcn_ref(x: Tensor, w: Tensor, m: Tensor, a: Tensor, bias: Tensor, scale_shift: Optional[Tensor] = None,
              residual: Optional[Tensor] = None, act: str = "none") -> Tensor:
     """Plain PyTorch, computed in x.dtype (parameters are cast to it), x [B, J, C_in]."""
@@ -52,13 +63,7 @@ def mgcn_ref(x: Tensor, w: Tensor, m: Tensor, a: Tensor, bias: Tensor, scale_shi
     J = x.shape[-2]
     off = a * (1.0 - torch.eye(J, dtype=dt, device=x.device))
     pre = torch.diagonal(a)[:, None] * (m * (x @ w[0])) + off @ (m * (x @ w[1])) + bias
-    if scale_shift is not None:
-        ss = scale_shift.to(dt)
-        pre = pre * (1.0 + ss[:, 0, None, :]) + ss[:, 1, None, :]
-    out = activation_ref(pre, act)
-    if residual is not None:
-        out = out + residual
-    return out
+    return epilogue_ref(pre, scale_shift, residual, act)
 
 
 # ---------------------------------------------------------------------------------------------

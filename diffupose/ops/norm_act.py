@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from . import backend as _backend
-from .mgcn import ACTIVATIONS, activation_ref
+from .mgcn import ACTIVATIONS, epilogue_ref
 from .registry import cpp_op, register_once
 
 
@@ -39,13 +39,7 @@ def norm_act_ref(pre: Tensor, gamma: Tensor, beta: Tensor, scale_shift: Optional
     mean = flat.mean(0)
     var = flat.var(0, unbiased=False)
     h = (pre - mean) * torch.rsqrt(var + eps) * gamma.to(dt) + beta.to(dt)
-    if scale_shift is not None:
-        ss = scale_shift.to(dt)
-        h = h * (1.0 + ss[:, 0, None, :]) + ss[:, 1, None, :]
-    out = activation_ref(h, act)
-    if residual is not None:
-        out = out + residual
-    return out, mean, var
+    return epilogue_ref(h, scale_shift, residual, act), mean, var
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from diffupose.ops import ACTIVATIONS, mgcn, mgcn_ref
-from tests.helpers import kernel_device, poisoned, rel_err, skip_unless_backend
+from tests.helpers import cpu_isa, kernel_device, poisoned, rel_err, skip_unless_backend
 
 BACKENDS = ["cpu", "cuda", "triton"]
 FLOOR = {torch.float32: 1e-5, torch.float16: 5e-4, torch.bfloat16: 4e-3, torch.float64: 1e-12}
@@ -210,19 +210,9 @@ def test_empty_batch(backend):
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
 def test_cpu_instruction_sets(isa, act):
     """Each compiled instruction-set version of the CPU kernel's row loops, where this CPU runs it."""
-    skip_unless_backend("cpu")
-    from diffupose.ops.backend import extension
-
-    C = extension()
-    best = C.cpu_isa()
-    if not C.set_cpu_isa(isa):
-        pytest.skip(f"this CPU cannot run the {isa} version")
-    try:
-        assert C.cpu_isa() == isa
+    with cpu_isa(isa):
         for dtype in (torch.float32, torch.float64):
             check_backend("cpu", 6, 17, 33, 40, act, 1, True, dtype)
-    finally:
-        assert C.set_cpu_isa(best)
 
 
 # ---------------------------------------------------------------------------------------------
