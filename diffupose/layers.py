@@ -110,8 +110,9 @@ class ModulatedGraphConv(nn.Module):
         # training (batch statistics), or a layer norm (data-dependent, cannot be folded): the op
         # computes `pre`, then the normalisation and the epilogue: one more fused op where the
         # backend has it (CPU), else PyTorch
+        backend = ops.resolve(backend, x.device)  # once for both ops (and the choice below)
         pre = ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, None, None, "none", backend)
-        if isinstance(self.norm, ChannelBatchNorm) and ops.resolve(backend, x.device) == "cpu":
+        if isinstance(self.norm, ChannelBatchNorm) and backend == "cpu":
             return self.norm.forward_fused(pre, scale_shift, residual, self.act, backend)
         return epilogue_ref(self.norm(pre), scale_shift, residual, self.act)
 
