@@ -130,3 +130,28 @@ def calibrate_spread(errors, spreads, target: float = 0.9, factor: float = 2.0, 
     ratio = e / np.maximum(factor * s, 1e-12)
     k = np.quantile(ratio, target, axis=0) if per_joint else np.quantile(ratio, target)[None]
     return np.asarray(k, np.float64)
+
+
+def person_level(errors, spreads, people, target: float = 0.9, factor: float = 2.0) -> tuple[float, float]:
+    """(level q, its cross-person coverage): the smallest quantile level q (>= target, a grid of
+    0.001) at which per-joint scales fitted at q on one held-out person cover, on average over the
+    ordered pairs of held-out people, `target` of another's errors [F, J] (people [F]: whose row).
+    Fitted at `target` on the people at hand, a scale covers less on a new person (people differ in
+    how far their errors outgrow the spread); the pairs measure by how much, on validation rows
+    only. Needs two people or more; the level is capped at 0.999."""
+    e, s, who = np.asarray(errors, np.float64), np.asarray(spreads, np.float64), np.asarray(people)
+    names = sorted(set(who.tolist()))
+    if len(names) < 2:
+        raise ValueError("person_level needs the rows of two held-out people or more")
+    ratio = e / np.maximum(factor * s, 1e-12)
+    rows = {n: who == n for n in names}
+
+    def cross(q: float) -> float:
+        return float(np.mean([np.mean(ratio[rows[b]] <= np.quantile(ratio[rows[a]], q, axis=0))
+                              for a in names for b in names if a != b]))
+
+    for q in np.arange(round(target * 1000), 1000) / 1000.0:
+        c = cross(q)
+        if c >= target:
+            return float(q), c
+    return 0.999, cross(0.999)

@@ -345,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit the per-joint scale of a checkpoint's spread on the validation part of its training data "
                     "(the rows `--val-fraction` or `--val-subjects` held out in training; the checkpoint records which) and "
                     "write it into "
-                    "the checkpoint's JSON. Every lift with it then records the calibration: factor x scale_j x "
+                    "the checkpoint's JSON. With two held-out people or more it is fitted at the level at which a "
+                    "scale fitted on one of them covers --coverage of another's errors, so that it holds on a new "
+                    "person. Every lift with it then records the calibration: factor x scale_j x "
                     "spread is the distance within which --coverage of a joint's validation errors fell (Lifted."
                     "radius in Python). The weights are not touched.",
         epilog="examples:\n  # train with a validation part held out, then calibrate on it\n"
@@ -655,15 +657,20 @@ def cmd_calibrate(args) -> int:
     model, diffusion, config, wpath = load_model(args.checkpoint, device)
     try:
         val = calibration.validation_rows(config)
+        # held-out people (two or more): fitted so that it holds from one person to another
+        by_person = len((config.get("dataset") or {}).get("val_subjects") or []) >= 2
         calib = calibration.fit(model, diffusion, val, n_hyp=args.hypotheses, steps=args.steps, target=args.coverage,
-                                max_frames=args.max_frames or None, progress=not args.quiet)
+                                max_frames=args.max_frames or None, progress=not args.quiet, by_person=by_person)
     except calibration.CalibrationError as e:
         raise CliError(f"{wpath.with_suffix('')}: {e}") from None
     cpath = calibration.write(wpath.with_suffix(""), calib)
     scale = [k for k in calib["spread_scale"] if k > 0]
     print(f"fitted on {calib['val_frames']:,} validation rows, N = {args.hypotheses}, {args.steps} DDIM steps: "
           f"{calib['raw_coverage']:.1%} of joint errors were within 2x spread; scales {min(scale):.2f}-{max(scale):.2f} "
-          f"put {calib['fitted_coverage']:.1%} within factor x scale x spread -> {cpath}")
+          f"put {calib['fitted_coverage']:.1%} within factor x scale x spread"
+          + (f" (fitted at the {calib['level']:.1%} level, where scales fitted on one of {', '.join(calib['people'])} "
+             f"covered {calib['cross_person_coverage']:.1%} of another's errors)" if "level" in calib else "")
+          + f" -> {cpath}")
     return 0
 
 

@@ -22,6 +22,8 @@ from .skeleton import Skeleton, flip_pose, get_skeleton
 from .validate import one_of, real_number, whole_number
 
 SCHEDULES = ("cosine", "linear")
+LOSS_WEIGHTINGS = ("eps", "x0")
+X0_WEIGHT_CAP = 5.0  # of the x0 weighting sqrt((1 - abar) / abar), before its normalisation to mean 1
 MAX_T = 10000  # diffusion steps (the paper: 100); the schedules are [T] tensors, DDPM runs all T
 MAX_POSE_SCALE = 10.0
 
@@ -32,6 +34,12 @@ class DiffusionConfig:
     T: int = 100
     cosine_s: float = 0.008
     lambda_y: float = 0.1  # weight of the 2D-reconstruction L1 term
+    # Weight of the eps loss per timestep: "eps" uniform (DDPM's simple loss); "x0" the L1 of the
+    # implied x0 estimate, |x0_hat - x0| = sqrt((1 - abar) / abar) |eps_hat - eps|, capped at
+    # X0_WEIGHT_CAP (at t = T-1 it would be ~2000) and normalised to mean 1 over t: it puts the
+    # training where a few-step DDIM chain starts (t = 80 of 100 at 5 steps), whose x0 estimate
+    # amplifies the eps error ~3x. The sampler is the same for both.
+    loss_weighting: str = "eps"
     joint_weights: str = "extremities"  # "uniform", "extremities", or comma-separated floats
     # Clip the x0 estimate to [-clip, clip] (normalised units; 0: off). Needed with eps prediction:
     # at t = T-1 of the cosine schedule sqrt(abar) = 5e-4, so x0 = (x_t - sqrt(1-abar) eps) / sqrt(abar)
@@ -44,6 +52,7 @@ class DiffusionConfig:
         whole_number("T", self.T, 1, MAX_T)
         real_number("cosine_s", self.cosine_s, 0.0, 1.0, lo_open=True)
         real_number("lambda_y", self.lambda_y, 0.0, 1e3)
+        one_of("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         real_number("clip_x0", self.clip_x0, 0.0, 1e3)
         # metres per normalised unit: poses are ~1 m across, so ~0.1-0.5; 10 m would be a giant
         real_number("pose_scale", self.pose_scale, 0.0, MAX_POSE_SCALE, lo_open=True)
@@ -101,6 +110,14 @@ def joint_weights(spec: str, skeleton: Skeleton) -> Tensor:
     return w / w.mean()
 
 
+def loss_weights(alpha_bar: Tensor, weighting: str) -> Tensor:
+    """[T] float32 weights of the eps loss per timestep (DiffusionConfig.loss_weighting)."""
+    if weighting == "eps":
+        return torch.ones(alpha_bar.numel())
+    w = ((1 - alpha_bar) / alpha_bar).sqrt().clamp(max=X0_WEIGHT_CAP)
+    return (w / w.mean()).float()
+
+
 # ---------------------------------------------------------------------------------------------
 # the process
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +130,7 @@ class Diffusion:
         self.T = cfg.T
         self.alpha_bar = cosine_alpha_bar(cfg.T, cfg.cosine_s) if cfg.schedule == "cosine" else linear_alpha_bar(cfg.T)
         self._plans: dict = {}  # plan()'s results: it runs on every lift (~30 us in Python)
+        self.loss_weight_t = loss_weights(self.alpha_bar, cfg.loss_weighting)  # float32 [T]
 
     # -- training ------------------------------------------------------------------------------
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
@@ -121,7 +139,8 @@ class Diffusion:
 
     def loss(self, model: Denoiser, x0: Tensor, y: Tensor, weights: Tensor, t: Optional[Tensor] = None,
              noise: Optional[Tensor] = None) -> tuple[Tensor, dict]:
-        """L1(eps) + lambda * L1(y), both weighted per joint; x0 [B, J, 3] normalised, y [B, J, 2]."""
+        """L1(eps) (weighted per timestep: cfg.loss_weighting) + lambda * L1(y), both weighted per joint;
+        x0 [B, J, 3] normalised, y [B, J, 2]."""
         B = x0.shape[0]
         if t is None:
             t = torch.randint(0, self.T, (B,), device=x0.device)
@@ -129,7 +148,10 @@ class Diffusion:
             noise = torch.randn_like(x0)
         eps, y_hat = model(self.q_sample(x0, t, noise), y, t)
         w = weights.to(x0.device)[:, None]
-        l_eps = ((eps.float() - noise).abs() * w).mean()
+        l_eps = (eps.float() - noise).abs() * w
+        if self.cfg.loss_weighting != "eps":
+            l_eps = l_eps * self.loss_weight_t.to(x0.device)[t].view(B, 1, 1)
+        l_eps = l_eps.mean()
         l_y = ((y_hat.float() - y).abs() * w).mean()
         total = l_eps + self.cfg.lambda_y * l_y
         return total, {"loss": total.detach(), "l_eps": l_eps.detach(), "l_y": l_y.detach()}

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffupose.aggregate import (aggregate, calibrate_spread, coverage, fit_weak_perspective, reprojection_errors,
-                                 reprojection_weights, spearman, spread)
+from diffupose.aggregate import (aggregate, calibrate_spread, coverage, fit_weak_perspective, person_level,
+                                 reprojection_errors, reprojection_weights, spearman, spread)
 
 
 def _pose(F=4, J=17, seed=0):
@@ -99,6 +99,35 @@ def test_calibration_reaches_its_coverage_on_fresh_frames():
     assert coverage(e_test, s_test * k) == pytest.approx(0.9, abs=0.02)
     k1 = calibrate_spread(e_val, s_val, per_joint=False)
     assert k1.shape == (1,) and spearman(e_test, s_test * k1) == pytest.approx(spearman(e_test, s_test))
+
+
+def test_person_level_covers_a_new_person():
+    """Three people whose errors outgrow the spread by different factors (1, 1.3, 1.6): scales
+    fitted at 90% on some cover less on another, so the level rises above 0.9, is the smallest on
+    its grid that reaches 90% across people, and a scale fitted at it on two of them covers ~90% of
+    the third's errors on average; equal people keep the level at the target."""
+    rng = np.random.default_rng(1)
+    sigma = np.linspace(0.02, 0.1, 16)
+
+    def person(n, f):
+        return np.abs(rng.normal(size=(n, 16))) * sigma * f, np.broadcast_to(sigma / 2, (n, 16))
+
+    rows = [person(3000, f) for f in (1.0, 1.3, 1.6)]
+    e, s = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+    who = np.repeat(np.array(["a", "b", "c"]), 3000)
+    q, cross = person_level(e, s, who, 0.9)
+    assert 0.9 < q < 0.999 and cross >= 0.9
+    ratio = e / (2 * s)
+    pairs = [(x, y) for x in "abc" for y in "abc" if x != y]
+    below = np.mean([np.mean(ratio[who == y] <= np.quantile(ratio[who == x], q - 0.001, axis=0)) for x, y in pairs])
+    assert below < 0.9  # the smallest such level
+    held = [coverage(e[who == c], s[who == c] * calibrate_spread(e[who != c], s[who != c], q)) for c in "abc"]
+    assert np.mean(held) == pytest.approx(0.9, abs=0.03)
+    same = np.repeat(np.array(["a", "b"]), 3000)
+    e2, s2 = person(6000, 1.0)
+    assert person_level(e2, s2, same, 0.9)[0] == pytest.approx(0.9, abs=0.006)
+    with pytest.raises(ValueError, match="two held-out people"):
+        person_level(e2, s2, np.array(["a"] * 6000))
 
 
 def test_predict_with_reproj_aggregates_its_own_hypotheses():

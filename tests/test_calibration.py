@@ -91,5 +91,24 @@ def test_validation_rows_of_held_out_people():
         calibration.validation_rows({"dataset": {"name": "hdm05", "keypoints": "gt", "val_subjects": "bd"}})
 
 
+def test_calibrate_by_person_with_two_held_out_people(tmp_path, capsys):
+    """--val-subjects with two people: the scale is fitted at the cross-person level (>= the
+    coverage), recorded with the people and the cross-person coverage; the line says so."""
+    train, _ = load_dataset("hdm05")
+    who = sorted(set(train.subject.tolist()))[:2]
+    n = int(np.isin(train.subject, who).sum())
+    ckpt = _tiny(tmp_path / "people", {"name": "hdm05", "keypoints": "gt", "val_fraction": 0.0, "val_subjects": who,
+                                       "val_frames": n})
+    rc = cli.main(["calibrate", "--checkpoint", ckpt, "-n", "3", "--steps", "2", "--max-frames", "120", "-q",
+                   "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "level" in out and ", ".join(who) in out
+    cal = json.loads(open(ckpt + ".json").read())["calibration"]
+    assert cal["people"] == who and 0.9 <= cal["level"] <= 0.999 and cal["cross_person_coverage"] >= 0.9 or \
+        cal["level"] == 0.999
+    assert cal["fitted_coverage"] >= cal["level"] - 1 / 120  # a per-joint quantile of 120 rows
+    load_checkpoint(ckpt)  # accepted
+
+
 def test_radius_without_calibration_is_none():
     assert calibration.radius(np.ones((2, 17)), None) is None

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from diffupose.diffusion import (Diffusion, DiffusionConfig, check_pose2d, cosine_alpha_bar, joint_weights,
-                                 linear_alpha_bar)
+from diffupose.diffusion import (X0_WEIGHT_CAP, Diffusion, DiffusionConfig, check_pose2d, cosine_alpha_bar,
+                                 joint_weights, linear_alpha_bar, loss_weights)
 from diffupose.model import ModelConfig, build_model
 from diffupose.ops import sampler_step
 from diffupose.skeleton import H36M17
@@ -127,8 +127,31 @@ def test_bad_2d_inputs(y, match):
         check_pose2d(y, 17)
 
 
+def test_x0_loss_weighting():
+    """x0 weighting: sqrt((1 - abar) / abar) capped and normalised to mean 1, rising with t; the loss
+    is the eps L1 of each sample times its timestep's weight (eps weighting: the plain L1)."""
+    abar = cosine_alpha_bar(100)
+    w = loss_weights(abar, "x0")
+    raw = ((1 - abar) / abar).sqrt()
+    assert w.shape == (100,) and w.mean().item() == pytest.approx(1.0, rel=1e-5)
+    assert torch.all(w[1:] >= w[:-1]) and w[-1] / w[0] == pytest.approx(X0_WEIGHT_CAP / raw[0].item(), rel=1e-4)
+    assert torch.equal(loss_weights(abar, "eps"), torch.ones(100))
+    torch.manual_seed(0)
+    x0, y = torch.randn(6, 17, 3), torch.randn(6, 17, 2)
+    t, noise = torch.tensor([0, 5, 40, 80, 95, 99]), torch.randn(6, 17, 3)
+    eps_hat = torch.randn(6, 17, 3)
+    model = lambda a, b, c: (eps_hat, torch.zeros_like(y))  # noqa: E731
+    jw = torch.rand(17) + 0.5
+    d0, d1 = Diffusion(DiffusionConfig()), Diffusion(DiffusionConfig(loss_weighting="x0", lambda_y=0.0))
+    per = ((eps_hat - noise).abs() * jw[:, None]).mean((1, 2))
+    assert d1.loss(model, x0, y, jw, t, noise)[1]["l_eps"].item() == pytest.approx((per * w[t]).mean().item(), rel=1e-5)
+    assert d0.loss(model, x0, y, jw, t, noise)[1]["l_eps"].item() == pytest.approx(per.mean().item(), rel=1e-5)
+
+
 def test_bad_configs():
     with pytest.raises(ValueError, match="unknown schedule"):
         DiffusionConfig(schedule="sigmoid")
+    with pytest.raises(ValueError, match="loss_weighting"):
+        DiffusionConfig(loss_weighting="snr")
     with pytest.raises(ValueError, match="unknown arch"):
         ModelConfig(arch="transformer")
