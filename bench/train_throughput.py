@@ -9,6 +9,8 @@ denoiser, side by side in one process:
              graphs and breaks counted, 2 and 1, and that no step after the first recompiled).
              Mode (--compile-mode): default (max-autotune on a GPU); --no-compile leaves it out
   cpu / cuda / triton   the fused ops
+  cpu/one-gemm  the fused ops with each training GEMM as one threaded BLAS call (what the CPU op ran
+             before its GEMMs went per group of samples inside its own parallel region): what that buys
   cpu/norm-in-torch  the fused ops with the training batch norm and epilogue in PyTorch instead of
              diffupose::norm_act (what the CPU layer ran before that op): what the op buys
   cpu+compile (cuda+compile, ...)  the fused ops with the rest of the step (normalisation,
@@ -56,6 +58,18 @@ def norm_in_torch():
         yield
     finally:
         layers.ChannelBatchNorm.forward_fused = fused
+
+
+@contextlib.contextmanager
+def one_gemm():
+    """The CPU graph convolution's training GEMMs as one threaded BLAS call each (before group GEMMs)."""
+    from diffupose import _C
+
+    was = _C.set_mgcn_group_gemm(False)
+    try:
+        yield
+    finally:
+        _C.set_mgcn_group_gemm(was)
 
 
 def step_time(backend, args, device, compiled=False) -> dict:
@@ -138,7 +152,7 @@ def main(argv=None):
         args.compile_mode = "max-autotune" if device.type == "cuda" else "default"
     fused = ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
     candidates = ["reference"] + (["compile"] if args.compile else []) + fused + \
-        (["cpu/norm-in-torch"] if device.type == "cpu" else []) + \
+        (["cpu/one-gemm", "cpu/norm-in-torch"] if device.type == "cpu" else []) + \
         ([f"{b}+compile" for b in fused] if args.compile else [])
     print(f"# torch {torch.__version__}, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
           f" ({torch.get_num_threads()} threads), d_model {args.d_model}, blocks {args.blocks}, batch {args.batch}, "
@@ -152,7 +166,8 @@ def main(argv=None):
         except ops.BackendUnavailable as e:
             print(f"# {backend}: unavailable ({e})")
             continue
-        with norm_in_torch() if name.endswith("/norm-in-torch") else contextlib.nullcontext():
+        variant = {"/norm-in-torch": norm_in_torch, "/one-gemm": one_gemm}.get(name[name.find("/"):] if "/" in name else "")
+        with variant() if variant else contextlib.nullcontext():
             res = step_time(backend, args, device, compiled=name.endswith("compile"))
         t = res.pop("step_s")
         tc = res.pop("contended_step_s", None)

@@ -151,7 +151,21 @@ std::vector<int64_t> mgcn_cpu_isa_factory_calls() {
 
 std::string mgcn_cpu_isa() { return mgcn_rows().isa; }
 
+// Whether training runs its GEMMs per group of samples inside one parallel region (default) or as
+// one threaded BLAS call beside the aggregation's region (diffupose._C.set_mgcn_group_gemm, for
+// the A/B benchmark: bench/train_throughput.py's cpu/one-gemm row).
+bool& group_gemm_flag() {
+  static bool on = true;
+  return on;
+}
+bool set_mgcn_group_gemm(bool on) {
+  const bool was = group_gemm_flag();
+  group_gemm_flag() = on;
+  return was;
+}
+
 namespace {
+bool group_gemm_on() { return group_gemm_flag(); }
 
 constexpr int64_t kChunkRows = 1024;  // rows of x per GEMM: H0 + H1 of a chunk ~ 2 MB at Cout 256
 constexpr int64_t kTileSamples = 4;   // samples per partial-sum slot in the backward
@@ -159,6 +173,18 @@ constexpr int64_t kTileSamples = 4;   // samples per partial-sum slot in the bac
 int64_t samples_per_chunk(int64_t J) {
   const int64_t s = std::max<int64_t>(1, kChunkRows / std::max<int64_t>(J, 1));
   return std::max(kTileSamples, s / kTileSamples * kTileSamples);  // whole tiles (backward)
+}
+
+// Training's group GEMMs (mgcn_fwd_cpu_impl, mgcn_bwd_cpu): samples per group, whole backward
+// tiles, about kGroupRows rows (a group's H ~ 0.5 MB at Cout 128: it stays in a core's L2 between
+// its GEMM and its aggregation), at most kMaxGroups groups (the backward keeps one partial dw per
+// group). Fixed by B and J alone, so results do not depend on the thread count.
+constexpr int64_t kGroupRows = 512;
+constexpr int64_t kMaxGroups = 64;
+int64_t group_samples(int64_t B, int64_t J) {
+  const int64_t by_rows = std::max<int64_t>(1, kGroupRows / std::max<int64_t>(J, 1));
+  const int64_t g = std::max(by_rows, (B + kMaxGroups - 1) / kMaxGroups);
+  return (g + kTileSamples - 1) / kTileSamples * kTileSamples;
 }
 
 // A sample's scale-shift widened: scale1 = 1 + scale, shift.
@@ -225,13 +251,44 @@ void fwd_sample(const Params<T>& p, const T* h, bool has_ss, const xt* res, xt* 
   }
 }
 
+// Samples [s0, s1) of a chunk whose H rows start at hp (sample b0 + s at hp + s JH).
+template <typename T, typename xt>
+void fwd_samples(const Params<T>& p, const T* hp, int64_t b0, int64_t s0, int64_t s1, const xt* ss, int64_t ss_rows,
+                 const xt* res, xt* out, xt* pre, int64_t J, int64_t Cout, int act, FwdScratch<T>& w) {
+  const int64_t JC = J * Cout, JH = 2 * JC;
+  for (int64_t s = s0; s < s1; ++s) {
+    const int64_t b = b0 + s;
+    if (ss_rows && (ss_rows > 1 || s == s0))  // a broadcast row: once per range
+      load_scale_shift(w.sc1.data(), w.sh.data(), ss + (ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
+    fwd_sample<T, xt>(p, hp + s * JH, ss_rows > 0, res ? res + b * JC : nullptr, out + b * JC,
+                      pre ? pre + b * JC : nullptr, J, Cout, act, w);
+  }
+}
+
 // keep: H of the whole batch [B*J, 2 Cout] to write (training), or undefined (inference: chunks).
+// Training with group GEMMs (group_gemm_on()): one parallel region over fixed groups of samples,
+// each thread runs its groups' GEMMs itself (BLAS called inside the region runs single-threaded)
+// and aggregates them while their H is in its cache: one fork-join per op instead of BLAS's own
+// and ours, no threaded BLAS waiting at barriers for a descheduled sibling.
 template <typename xt>
 void mgcn_fwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& p, const xt* ss, int64_t ss_rows,
                        const xt* res, xt* out, xt* pre, at::Tensor keep, int64_t B, int64_t J, int64_t Cout, int act) {
   using T = at::opmath_type<xt>;
+  if (keep.defined() && group_gemm_on()) {
+    const int64_t G = group_samples(B, J);
+    at::parallel_for(0, (B + G - 1) / G, 1, [&](int64_t g0, int64_t g1) {
+      const ScopedFlushDenormals ftz;
+      FwdScratch<T> w(J, Cout);
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t b0 = g * G, nb = std::min(G, B - b0);
+        at::Tensor hc = keep.narrow(0, b0 * J, nb * J);
+        at::mm_out(hc, xw.narrow(0, b0 * J, nb * J), p.wcat);
+        fwd_samples<T, xt>(p, hc.data_ptr<T>(), b0, 0, nb, ss, ss_rows, res, out, pre, J, Cout, act, w);
+      }
+    });
+    return;
+  }
   const int64_t spc = keep.defined() ? B : std::min(B, samples_per_chunk(J));
-  const int64_t JC = J * Cout, JH = 2 * JC;
   const at::Tensor H = keep.defined() ? keep : at::empty({spc * J, 2 * Cout}, p.wcat.options());
   for (int64_t b0 = 0; b0 < B; b0 += spc) {
     const int64_t nb = std::min(spc, B - b0);
@@ -241,13 +298,7 @@ void mgcn_fwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& 
     at::parallel_for(0, nb, 1, [&](int64_t s0, int64_t s1) {
       const ScopedFlushDenormals ftz;  // the silu rows' denormals (cpu/flush_denormals.h)
       FwdScratch<T> w(J, Cout);
-      for (int64_t s = s0; s < s1; ++s) {
-        const int64_t b = b0 + s;
-        if (ss_rows && (ss_rows > 1 || s == s0))  // a broadcast row: once per thread
-          load_scale_shift(w.sc1.data(), w.sh.data(), ss + (ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
-        fwd_sample<T, xt>(p, hp + s * JH, ss_rows > 0, res ? res + b * JC : nullptr, out + b * JC,
-                          pre ? pre + b * JC : nullptr, J, Cout, act, w);
-      }
+      fwd_samples<T, xt>(p, hp, b0, s0, s1, ss, ss_rows, res, out, pre, J, Cout, act, w);
     });
   }
 }
@@ -350,8 +401,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     at::Tensor dH = at::empty({B * J, 2 * Cout}, o);
     // per-tile slots, zeroed: [tiles, J*Cout + J*J + Cout + 2*Cout]
     const int64_t slot_len = JC + J * J + Cout + (d.ss_rows == 1 ? 2 * Cout : 0);
-    at::Tensor slots = at::zeros({tiles, slot_len}, o);
-    at::Tensor dssb = d.ss_rows > 1 ? at::zeros({B, 2, Cout}, o) : at::Tensor();
+    // zeroed by their tiles inside the parallel region below (an at::zeros would be one more
+    // fork-join, where a descheduled sibling thread costs a whole time slice)
+    at::Tensor slots = at::empty({tiles, slot_len}, o);
+    at::Tensor dssb = d.ss_rows > 1 ? at::empty({B, 2, Cout}, o) : at::Tensor();
     T* slotp = slots.data_ptr<T>();
     const xt* gp = g.data_ptr<xt>();
     const xt* prep = pre.data_ptr<xt>();
@@ -359,14 +412,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     T* dHp = dH.data_ptr<T>();
     const T* hp = H.data_ptr<T>();
     T* dssbp = dssb.defined() ? dssb.data_ptr<T>() : nullptr;
-    at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-      const ScopedFlushDenormals ftz;
-      BwdScratch<T> sc(J, Cout);
+    auto tiles_of = [&](int64_t t0, int64_t t1, BwdScratch<T>& sc) {
       for (int64_t t = t0; t < t1; ++t) {
         T* base = slotp + t * slot_len;
+        std::fill(base, base + slot_len, T(0));
         const BwdSlot<T> slot{base, base + JC, base + JC + J * J,
                               d.ss_rows == 1 ? base + JC + J * J + Cout : nullptr};
         const int64_t s_begin = t * kTileSamples, s_end = std::min(B, s_begin + kTileSamples);
+        if (dssbp) std::fill(dssbp + s_begin * 2 * Cout, dssbp + s_end * 2 * Cout, T(0));
         for (int64_t b = s_begin; b < s_end; ++b) {
           if (d.ss_rows && (d.ss_rows > 1 || b == s_begin))
             load_scale_shift(sc.sc1.data(), sc.sh.data(), ssp + (d.ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
@@ -375,10 +428,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                             Cout, static_cast<int>(act), sc);
         }
       }
-    });
-    dx = at::mm(dH, p.wcat.t()).view({B, J, d.Cin}).to(x.scalar_type());
-    // d[w0 | w1] [Cin, 2 Cout] -> dw [2, Cin, Cout]
-    dw = at::mm(xw.t(), dH).view({d.Cin, 2, Cout}).permute({1, 0, 2}).contiguous().to(w.scalar_type());
+    };
+    at::Tensor dxw;  // [B*J, Cin] opmath
+    if (group_gemm_on()) {
+      // per group (mgcn_fwd_cpu_impl's groups): its tiles, then dx of its rows and its partial
+      // d[w0 | w1], in its thread, while its dH is in cache; the partials summed in group order
+      const int64_t G = group_samples(B, J), groups = (B + G - 1) / G;
+      dxw = at::empty({B * J, d.Cin}, o);
+      at::Tensor dwg = at::empty({groups, d.Cin, 2 * Cout}, o);
+      const at::Tensor wt = p.wcat.t();
+      at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+        const ScopedFlushDenormals ftz;
+        BwdScratch<T> sc(J, Cout);
+        for (int64_t g = g0; g < g1; ++g) {
+          const int64_t b0 = g * G, nb = std::min(G, B - b0);
+          tiles_of(b0 / kTileSamples, (b0 + nb + kTileSamples - 1) / kTileSamples, sc);
+          const at::Tensor dHg = dH.narrow(0, b0 * J, nb * J);
+          at::Tensor dxg = dxw.narrow(0, b0 * J, nb * J), dwgg = dwg.select(0, g);
+          at::mm_out(dxg, dHg, wt);
+          at::mm_out(dwgg, xw.narrow(0, b0 * J, nb * J).t(), dHg);
+        }
+      });
+      dw = dwg.sum(0).view({d.Cin, 2, Cout}).permute({1, 0, 2}).contiguous().to(w.scalar_type());
+    } else {
+      at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+        const ScopedFlushDenormals ftz;
+        BwdScratch<T> sc(J, Cout);
+        tiles_of(t0, t1, sc);
+      });
+      dxw = at::mm(dH, p.wcat.t());
+      // d[w0 | w1] [Cin, 2 Cout] -> dw [2, Cin, Cout]
+      dw = at::mm(xw.t(), dH).view({d.Cin, 2, Cout}).permute({1, 0, 2}).contiguous().to(w.scalar_type());
+    }
+    dx = dxw.view({B, J, d.Cin}).to(x.scalar_type());
     const at::Tensor tot = slots.sum(0);  // fixed order over the tiles
     dm = tot.narrow(0, 0, JC).view({J, Cout}).to(m.scalar_type());
     da = tot.narrow(0, JC, J * J).view({J, J}).to(a.scalar_type());

@@ -26,6 +26,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -134,12 +135,13 @@ NormMap<T> norm_map(const at::Tensor& mean, const at::Tensor& var, const at::Ten
 template <typename T, typename xt>
 at::Tensor channel_sums(const xt* pre, const T* centre, int64_t B, int64_t J, int64_t C, at::TensorOptions o) {
   const int64_t tiles = (B + kTileSamples - 1) / kTileSamples;
-  at::Tensor slots = at::zeros({tiles, C}, o);
+  at::Tensor slots = at::empty({tiles, C}, o);  // zeroed per tile in the region (no fork-join of its own)
   T* sp = slots.data_ptr<T>();
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> buf(C);
     for (int64_t t = t0; t < t1; ++t) {
       T* acc = sp + t * C;
+      std::fill(acc, acc + C, T(0));
       const int64_t r0 = t * kTileSamples * J, r1 = std::min(B, (t + 1) * kTileSamples) * J;
       for (int64_t r = r0; r < r1; ++r) rows_of<T>().norm_sum(acc, opmath_row<T, xt>(pre + r * C, buf.data(), C), centre, C);
     }
@@ -220,9 +222,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_bwd_cpu(
     const int64_t tiles = (B + kTileSamples - 1) / kTileSamples;
     // per tile: dbeta [C], dgamma [C], and dscale_shift [2, C] when it is one broadcast row
     const int64_t slot_len = 2 * C + (d.ss_rows == 1 ? 2 * C : 0);
-    at::Tensor slots = at::zeros({tiles, slot_len}, o);
+    // slots and dssb are zeroed per tile in the region below (no fork-join of their own)
+    at::Tensor slots = at::empty({tiles, slot_len}, o);
     at::Tensor dy = at::empty({B, J, C}, o);  // dy, then dpre in place
-    at::Tensor dssb = d.ss_rows > 1 ? at::zeros({B, 2, C}, o) : at::Tensor();
+    at::Tensor dssb = d.ss_rows > 1 ? at::empty({B, 2, C}, o) : at::Tensor();
     const xt *pp = pre.data_ptr<xt>(), *gp = g.data_ptr<xt>();
     const xt* ssp = d.ss_rows ? ss.data_ptr<xt>() : nullptr;
     T *sp = slots.data_ptr<T>(), *dyp = dy.data_ptr<T>();
@@ -235,6 +238,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_bwd_cpu(
         T* db = sp + t * slot_len;
         T* dg = db + C;
         const int64_t b_end = std::min(B, (t + 1) * kTileSamples);
+        std::fill(db, db + slot_len, T(0));
+        if (dssbp) std::fill(dssbp + t * kTileSamples * 2 * C, dssbp + b_end * 2 * C, T(0));
         for (int64_t b = t * kTileSamples; b < b_end; ++b) {
           if (b == t * kTileSamples || d.ss_rows > 1)
             sample_map<T, xt>(K.data(), Cc.data(), s1.data(), k, c0,

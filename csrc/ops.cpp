@@ -56,6 +56,7 @@ TORCH_LIBRARY(diffupose, m) {
 namespace diffupose {
 bool set_mgcn_cpu_isa(const std::string& name);  // mgcn_cpu.cpp
 bool set_mgcn_cpu_isa_limit(const std::string& name);
+bool set_mgcn_group_gemm(bool on);
 std::vector<int64_t> mgcn_cpu_isa_factory_calls();
 std::string mgcn_cpu_isa();
 std::vector<int64_t> sample_cpu_team_calls(bool reset);  // sample_cpu.cpp
@@ -77,6 +78,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "testing: use 'base', 'avx2' or 'avx512' rows; false if this CPU lacks it");
   m.def("set_cpu_isa_limit", &diffupose::set_mgcn_cpu_isa_limit,
         "testing: behave as a CPU whose widest instruction set is 'base', 'avx2' or 'avx512'");
+  m.def("set_mgcn_group_gemm", &diffupose::set_mgcn_group_gemm, pybind11::arg("on"),
+        "training's CPU graph convolution: GEMMs per group of samples in one parallel region (true, the "
+        "default) or one threaded BLAS call (false); returns the previous setting (for the A/B benchmark)");
   m.def("cpu_isa_factory_calls", &diffupose::mgcn_cpu_isa_factory_calls,
         "testing: how often the base / avx2 / avx512 dispatch tables were built");
   m.def("sample_team_calls", &diffupose::sample_cpu_team_calls, pybind11::arg("reset") = false,

@@ -61,11 +61,14 @@ def _setup_context(ctx, inputs, output):
     _, mean, var = output
     ctx.save_for_backward(pre, gamma, beta, mean, var, scale_shift)
     ctx.mark_non_differentiable(mean, var)  # statistics for the running averages, not a result
+    ctx.set_materialize_grads(False)  # no zero gradients allocated for them (see ops/mgcn.py)
     ctx.act, ctx.eps, ctx.has_residual = act, eps, residual is not None
 
 
 def _backward(ctx, grad_out, _grad_mean, _grad_var):
     pre, gamma, beta, mean, var, scale_shift = ctx.saved_tensors
+    if grad_out is None:  # out did not reach the loss (grads are not materialised)
+        return (None,) * 7
     dpre, dgamma, dbeta, dss = torch.ops.diffupose.norm_act_bwd(grad_out.contiguous(), pre, gamma, beta, mean, var,
                                                                 scale_shift, ctx.act, ctx.eps)
     return (dpre, dgamma, dbeta, dss if scale_shift is not None else None,

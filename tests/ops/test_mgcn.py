@@ -180,6 +180,45 @@ def test_kept_h_is_the_gemm_and_serves_the_backward(backend, dtype):
         torch.ops.diffupose.mgcn_bwd(g, f["x"], f["w"], f["m"], f["a"], pre, h[:-1], f["scale_shift"], 2)
 
 
+def _train_step(inp, grad):
+    out, grads = run(inp, grad, "silu", torch.float32, "cpu", "cpu")
+    return [out, *grads.values()]
+
+
+def test_training_groups_do_not_depend_on_the_thread_count():
+    """Training runs its GEMMs per fixed group of samples (one partial dw each, summed in order):
+    bit for bit the same on 1 and on 2 threads, with many groups and a ragged last one."""
+    skip_unless_backend("cpu")
+    inp, grad = make_inputs(203, 17, 48, 40, "B", True, seed=11)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with poisoned():
+                results.append(_train_step(inp, grad))
+    finally:
+        torch.set_num_threads(threads)
+    for u, v in zip(*results):
+        assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("J", [15, 17])
+def test_training_one_gemm_path(J):
+    """The other training path (one threaded BLAS call per GEMM, set_mgcn_group_gemm(False), the
+    benchmark's A/B) against the fp64 reference too."""
+    skip_unless_backend("cpu")
+    from diffupose import _C
+
+    was = _C.set_mgcn_group_gemm(False)
+    try:
+        for B in (3, 203):
+            check_backend("cpu", B, J, 64, 48, "silu", "B", False, torch.float32)
+    finally:
+        _C.set_mgcn_group_gemm(was)
+    assert was is True  # the default
+
+
 @pytest.mark.parametrize("J,cin,cout,B", [(17, 5, 64, 9), (16, 64, 64, 7), (15, 64, 5, 11)])
 def test_triton_gpu_tiling_under_interpreter(monkeypatch, J, cin, cout, B):
     """The GPU tile shapes (many programs, loops over C_in, dw split over rows) run here too, so CI
