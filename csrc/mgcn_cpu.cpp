@@ -11,16 +11,19 @@
 // multi-threaded BLAS call; at::parallel_for over the samples then does the J x J aggregation,
 // bias and epilogue, one write of out (and of pre when training).
 // Inference goes in chunks of about kChunkRows rows, each chunk's H consumed while it is in cache.
-// Training (save_pre) runs the whole batch in one GEMM and returns H as the op's third output,
-// so the backward does not compute it again (a quarter of a training layer's GEMM FLOPs; the
-// cost is H's memory, 2 Cout floats a row per layer, until the backward). (Running one
-// single-threaded GEMM per thread-tile instead was measured 1.5x slower at B = 20.)
+// Training (save_pre) returns H as the op's third output, so the backward does not compute it
+// again (a quarter of a training layer's GEMM FLOPs; the cost is H's memory, 2 Cout floats a row
+// per layer, until the backward). It runs one parallel region over fixed groups of samples, each
+// thread running its groups' GEMMs single-threaded (group_samples; a batch-wide threaded GEMM,
+// set_mgcn_group_gemm(false), was ~1.15x slower per step at B = 256; one single-threaded GEMM
+// per thread-tile was 1.5x slower for inference at B = 20, which keeps the threaded GEMM).
 //
 // Backward: H as kept (recomputed when the caller passes it empty), then per tile of kTileSamples
 // samples: dpre through the epilogue, dH0 = m * a_jj dpre, dH1 = m * offdiag(a)^T dpre into
 // dH [R, 2 Cout] (written: the GEMMs below need all of it) and the tile's partial sums of dm, da,
 // dbias, dscale_shift in its own slot. Tiles are fixed sample ranges and the slots are summed in
-// order afterwards, so the result does not depend on the thread count. Then two GEMMs:
+// order afterwards, so the result does not depend on the thread count. Then two GEMMs (per group,
+// in the same region, with the group GEMMs):
 // dx = dH @ [w0 | w1]^T and d[w0 | w1] = x^T @ dH.
 //
 // Precision: everything accumulates in opmath (fp32 for fp16/bf16/fp32, fp64 for fp64); half
