@@ -72,6 +72,9 @@ def one_gemm():
         _C.set_mgcn_group_gemm(was)
 
 
+CPU_VARIANTS = {"cpu/norm-in-torch": norm_in_torch, "cpu/one-gemm": one_gemm}  # row -> the context it runs in
+
+
 def step_time(backend, args, device, compiled=False) -> dict:
     """Median seconds of one optimiser step on `backend` ('reference' when compiled); for the
     compiled step also its first step (the compile) and dynamo's counts after the timed steps."""
@@ -152,7 +155,7 @@ def main(argv=None):
         args.compile_mode = "max-autotune" if device.type == "cuda" else "default"
     fused = ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
     candidates = ["reference"] + (["compile"] if args.compile else []) + fused + \
-        (["cpu/one-gemm", "cpu/norm-in-torch"] if device.type == "cpu" else []) + \
+        (list(CPU_VARIANTS) if device.type == "cpu" else []) + \
         ([f"{b}+compile" for b in fused] if args.compile else [])
     print(f"# torch {torch.__version__}, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
           f" ({torch.get_num_threads()} threads), d_model {args.d_model}, blocks {args.blocks}, batch {args.batch}, "
@@ -166,8 +169,7 @@ def main(argv=None):
         except ops.BackendUnavailable as e:
             print(f"# {backend}: unavailable ({e})")
             continue
-        variant = {"/norm-in-torch": norm_in_torch, "/one-gemm": one_gemm}.get(name[name.find("/"):] if "/" in name else "")
-        with variant() if variant else contextlib.nullcontext():
+        with CPU_VARIANTS.get(name, contextlib.nullcontext)():
             res = step_time(backend, args, device, compiled=name.endswith("compile"))
         t = res.pop("step_s")
         tc = res.pop("contended_step_s", None)

@@ -15,8 +15,9 @@
 // again (a quarter of a training layer's GEMM FLOPs; the cost is H's memory, 2 Cout floats a row
 // per layer, until the backward). It runs one parallel region over fixed groups of samples, each
 // thread running its groups' GEMMs single-threaded (group_samples; a batch-wide threaded GEMM,
-// set_mgcn_group_gemm(false), was ~1.15x slower per step at B = 256; one single-threaded GEMM
-// per thread-tile was 1.5x slower for inference at B = 20, which keeps the threaded GEMM).
+// set_mgcn_group_gemm(false), was 1.02-1.08x slower per step at B = 256 on an idle 2-core VM;
+// one single-threaded GEMM per thread-tile was 1.5x slower for inference at B = 20, which keeps
+// the threaded GEMM).
 //
 // Backward: H as kept (recomputed when the caller passes it empty), then per tile of kTileSamples
 // samples: dpre through the epilogue, dH0 = m * a_jj dpre, dH1 = m * offdiag(a)^T dpre into
@@ -168,7 +169,6 @@ bool set_mgcn_group_gemm(bool on) {
 }
 
 namespace {
-bool group_gemm_on() { return group_gemm_flag(); }
 
 constexpr int64_t kChunkRows = 1024;  // rows of x per GEMM: H0 + H1 of a chunk ~ 2 MB at Cout 256
 constexpr int64_t kTileSamples = 4;   // samples per partial-sum slot in the backward
@@ -269,7 +269,7 @@ void fwd_samples(const Params<T>& p, const T* hp, int64_t b0, int64_t s0, int64_
 }
 
 // keep: H of the whole batch [B*J, 2 Cout] to write (training), or undefined (inference: chunks).
-// Training with group GEMMs (group_gemm_on()): one parallel region over fixed groups of samples,
+// Training with group GEMMs (group_gemm_flag()): one parallel region over fixed groups of samples,
 // each thread runs its groups' GEMMs itself (BLAS called inside the region runs single-threaded)
 // and aggregates them while their H is in its cache: one fork-join per op instead of BLAS's own
 // and ours, no threaded BLAS waiting at barriers for a descheduled sibling.
@@ -277,7 +277,7 @@ template <typename xt>
 void mgcn_fwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& p, const xt* ss, int64_t ss_rows,
                        const xt* res, xt* out, xt* pre, at::Tensor keep, int64_t B, int64_t J, int64_t Cout, int act) {
   using T = at::opmath_type<xt>;
-  if (keep.defined() && group_gemm_on()) {
+  if (keep.defined() && group_gemm_flag()) {
     const int64_t G = group_samples(B, J);
     at::parallel_for(0, (B + G - 1) / G, 1, [&](int64_t g0, int64_t g1) {
       const ScopedFlushDenormals ftz;
@@ -433,7 +433,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       }
     };
     at::Tensor dxw;  // [B*J, Cin] opmath
-    if (group_gemm_on()) {
+    if (group_gemm_flag()) {
       // per group (mgcn_fwd_cpu_impl's groups): its tiles, then dx of its rows and its partial
       // d[w0 | w1], in its thread, while its dH is in cache; the partials summed in group order
       const int64_t G = group_samples(B, J), groups = (B + G - 1) / G;

@@ -143,12 +143,11 @@ def person_level(errors, spreads, people, target: float = 0.9, factor: float = 2
     names = sorted(set(who.tolist()))
     if len(names) < 2:
         raise ValueError("person_level needs the rows of two held-out people or more")
-    ratio = e / np.maximum(factor * s, 1e-12)
     rows = {n: who == n for n in names}
 
     def cross(q: float) -> float:
-        return float(np.mean([np.mean(ratio[rows[b]] <= np.quantile(ratio[rows[a]], q, axis=0))
-                              for a in names for b in names if a != b]))
+        return float(np.mean([coverage(e[rows[b]], s[rows[b]] * calibrate_spread(e[rows[a]], s[rows[a]], q, factor),
+                                       factor) for a in names for b in names if a != b]))
 
     for q in np.arange(round(target * 1000), 1000) / 1000.0:
         c = cross(q)

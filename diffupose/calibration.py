@@ -102,10 +102,11 @@ def fit(model, diffusion, val, *, n_hyp: int = 10, steps: int = 5, target: float
     level, extra = target, {}
     if by_person:
         people = np.asarray(val.subject).astype(str)
-        if len(set(people.tolist())) < 2:
+        try:
+            level, cross = agg.person_level(err, spr, people, target, FACTOR)
+        except ValueError:
             raise CalibrationError("a calibration by person needs the rows of two held-out people or more "
-                                   "(train with --val-subjects A B)")
-        level, cross = agg.person_level(err, spr, people, target, FACTOR)
+                                   "(train with --val-subjects A B)") from None
         extra = {"level": level, "cross_person_coverage": round(cross, 4), "people": sorted(set(people.tolist()))}
     scale = np.zeros(len(model.skeleton.parents))  # the root's stays 0 (0 spread, 0 error)
     scale[keep] = agg.calibrate_spread(err, spr, level, FACTOR)

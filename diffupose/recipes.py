@@ -37,6 +37,7 @@ def pose_scale_of(pose3d: np.ndarray) -> float:
 
 def build_parser(default_dataset: str) -> argparse.ArgumentParser:
     from .data.dataset import DATASETS
+    from .diffusion import LOSS_WEIGHTINGS
 
     p = argparse.ArgumentParser(
         description="Train the DiffuPose denoiser (or an ablation baseline) and print the per-action tables.",
@@ -69,7 +70,7 @@ def build_parser(default_dataset: str) -> argparse.ArgumentParser:
     m.add_argument("--schedule", default="cosine", choices=["cosine", "linear"])
     m.add_argument("--timesteps", type=int, default=100, help="diffusion steps T")
     m.add_argument("--lambda-y", type=float, default=0.1, help="weight of the 2D reconstruction loss")
-    m.add_argument("--loss-weighting", default="eps", choices=["eps", "x0"],
+    m.add_argument("--loss-weighting", default="eps", choices=LOSS_WEIGHTINGS,
                    help="eps loss per timestep: eps (uniform) or x0 (the implied x0's L1, capped; docs/RESULTS.md)")
     m.add_argument("--joint-weights", default="extremities", help="uniform, extremities, or J comma-separated numbers")
     t = p.add_argument_group("training (default: the paper's recipe, or the CMU/CPU recipe)")
@@ -143,7 +144,8 @@ def main(argv=None, default_dataset: str = "h36m") -> int:
                            n_blocks=pick(args.blocks, "n_blocks"),
                            **({"norm": args.norm} if args.norm else {}))
         dcfg = DiffusionConfig(schedule=args.schedule, T=args.timesteps, lambda_y=args.lambda_y,
-                               loss_weighting=args.loss_weighting, joint_weights=args.joint_weights, pose_scale=pose_scale_of(train.pose3d))
+                               loss_weighting=args.loss_weighting, joint_weights=args.joint_weights,
+                               pose_scale=pose_scale_of(train.pose3d))
         tcfg = TrainConfig(epochs=pick(args.epochs, "epochs"), batch_size=pick(args.batch_size, "batch_size"),
                            lr=pick(args.lr, "lr"), lr_decay=pick(args.lr_decay, "lr_decay"), ema_decay=args.ema_decay,
                            flip=not args.no_flip, amp=args.amp, seed=args.seed, save_every=args.save_every,
