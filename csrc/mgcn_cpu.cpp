@@ -24,7 +24,8 @@
 // dH [R, 2 Cout] (written: the GEMMs below need all of it) and the tile's partial sums of dm, da,
 // dbias, dscale_shift in its own slot. Tiles are fixed sample ranges and the slots are summed in
 // order afterwards, so the result does not depend on the thread count. Then two GEMMs (per group,
-// in the same region, with the group GEMMs):
+// in the same region, with the group GEMMs; dH then is one group's rows in a per-thread scratch
+// that stays in cache, else the whole batch's [R, 2 Cout]):
 // dx = dH @ [w0 | w1]^T and d[w0 | w1] = x^T @ dH.
 //
 // Precision: everything accumulates in opmath (fp32 for fp16/bf16/fp32, fp64 for fp64); half
@@ -351,7 +352,9 @@ struct BwdSlot {
 template <typename T>
 struct BwdScratch {
   std::vector<T> dpre, g1, pv, u, sc1, sh;  // dpre, g1 [J, Cout]; the rest [Cout]
-  BwdScratch(int64_t J, int64_t C) : dpre(J * C), g1(J * C), pv(C), u(C), sc1(C), sh(C) {}
+  std::vector<T> da_lanes;                  // [J * J, kDaLanes], zero between tiles (agg_bwd_flush)
+  BwdScratch(int64_t J, int64_t C)
+      : dpre(J * C), g1(J * C), pv(C), u(C), sc1(C), sh(C), da_lanes(J * J * kDaLanes, T(0)) {}
 };
 
 // One sample. h: its rows of H [J, 2 Cout]; g, pre: of grad_out and pre [J, Cout]; dh: its rows of
@@ -363,11 +366,11 @@ void bwd_sample(const Params<T>& p, const T* h, const xt* g, const xt* pre, bool
   for (int64_t j = 0; j < J; ++j) {
     const int64_t o = j * Cout;
     T* dz = w.dpre.data() + o;  // dz first, dpre = dz * (1 + scale) in place below
-    for (int64_t c = 0; c < Cout; ++c) {
-      w.pv[c] = static_cast<T>(pre[o + c]);
-      dz[c] = static_cast<T>(g[o + c]);
+    for (int64_t c = 0; c < Cout; ++c) dz[c] = static_cast<T>(g[o + c]);
+    if (act != kActNone || has_ss) {  // pre is read only where the epilogue is not the identity
+      for (int64_t c = 0; c < Cout; ++c) w.pv[c] = static_cast<T>(pre[o + c]);
+      rows_of<T>().bwd(dz, w.u.data(), w.pv.data(), has_ss ? w.sc1.data() : nullptr, w.sh.data(), Cout, act);
     }
-    rows_of<T>().bwd(dz, w.u.data(), w.pv.data(), has_ss ? w.sc1.data() : nullptr, w.sh.data(), Cout, act);
     if (dsc)
       for (int64_t c = 0; c < Cout; ++c) {
         dsc[c] += dz[c] * w.pv[c];
@@ -376,7 +379,7 @@ void bwd_sample(const Params<T>& p, const T* h, const xt* g, const xt* pre, bool
       }
     for (int64_t c = 0; c < Cout; ++c) slot.db[c] += dz[c];
   }
-  rows_of<T>().agg_bwd(dh, dh + Cout, 2 * Cout, slot.dm, slot.da, w.g1.data(), w.dpre.data(), h, h + Cout, p.mp, p.ap,
+  rows_of<T>().agg_bwd(dh, dh + Cout, 2 * Cout, slot.dm, w.da_lanes.data(), w.g1.data(), w.dpre.data(), h, h + Cout, p.mp, p.ap,
                        J, Cout);
 }
 
@@ -401,7 +404,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     // H as the forward kept it, else computed again (one GEMM)
     const at::Tensor H = h_.numel() > 0 ? h_.detach().to(op).contiguous() : at::mm(xw, p.wcat);
     const int64_t tiles = (B + kTileSamples - 1) / kTileSamples;
-    at::Tensor dH = at::empty({B * J, 2 * Cout}, o);
     // per-tile slots, zeroed: [tiles, J*Cout + J*J + Cout + 2*Cout]
     const int64_t slot_len = JC + J * J + Cout + (d.ss_rows == 1 ? 2 * Cout : 0);
     // zeroed by their tiles inside the parallel region below (an at::zeros would be one more
@@ -412,10 +414,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const xt* gp = g.data_ptr<xt>();
     const xt* prep = pre.data_ptr<xt>();
     const xt* ssp = d.ss_rows ? ss.data_ptr<xt>() : nullptr;
-    T* dHp = dH.data_ptr<T>();
     const T* hp = H.data_ptr<T>();
     T* dssbp = dssb.defined() ? dssb.data_ptr<T>() : nullptr;
-    auto tiles_of = [&](int64_t t0, int64_t t1, BwdScratch<T>& sc) {
+    // tiles [t0, t1); sample b's dH rows at dh + (b - b_dh) JH (dH itself, or a group's scratch)
+    auto tiles_of = [&](int64_t t0, int64_t t1, BwdScratch<T>& sc, T* dh, int64_t b_dh) {
       for (int64_t t = t0; t < t1; ++t) {
         T* base = slotp + t * slot_len;
         std::fill(base, base + slot_len, T(0));
@@ -427,9 +429,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           if (d.ss_rows && (d.ss_rows > 1 || b == s_begin))
             load_scale_shift(sc.sc1.data(), sc.sh.data(), ssp + (d.ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
           T* dsc = d.ss_rows == 1 ? slot.dss : (d.ss_rows ? dssbp + b * 2 * Cout : nullptr);
-          bwd_sample<T, xt>(p, hp + b * JH, gp + b * JC, prep + b * JC, d.ss_rows > 0, dsc, dHp + b * JH, slot, J,
+          bwd_sample<T, xt>(p, hp + b * JH, gp + b * JC, prep + b * JC, d.ss_rows > 0, dsc, dh + (b - b_dh) * JH, slot, J,
                             Cout, static_cast<int>(act), sc);
         }
+        rows_of<T>().agg_bwd_flush(slot.da, sc.da_lanes.data(), J);
       }
     };
     at::Tensor dxw;  // [B*J, Cin] opmath
@@ -443,10 +446,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
         const ScopedFlushDenormals ftz;
         BwdScratch<T> sc(J, Cout);
+        // the group's dH [G J, 2 Cout], reused by the thread's groups: it lives from the tiles to
+        // the two GEMMs only, so it stays in the core's cache (~0.5 MB at Cout 128) and never
+        // goes to memory (a batch-wide dH was 2 B J Cout floats written and read back per layer)
+        at::Tensor dHs = at::empty({std::min(G, B) * J, 2 * Cout}, o);
         for (int64_t g = g0; g < g1; ++g) {
           const int64_t b0 = g * G, nb = std::min(G, B - b0);
-          tiles_of(b0 / kTileSamples, (b0 + nb + kTileSamples - 1) / kTileSamples, sc);
-          const at::Tensor dHg = dH.narrow(0, b0 * J, nb * J);
+          tiles_of(b0 / kTileSamples, (b0 + nb + kTileSamples - 1) / kTileSamples, sc, dHs.data_ptr<T>(), b0);
+          const at::Tensor dHg = dHs.narrow(0, 0, nb * J);
           at::Tensor dxg = dxw.narrow(0, b0 * J, nb * J), dwgg = dwg.select(0, g);
           at::mm_out(dxg, dHg, wt);
           at::mm_out(dwgg, xw.narrow(0, b0 * J, nb * J).t(), dHg);
@@ -454,10 +461,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       });
       dw = dwg.sum(0).view({d.Cin, 2, Cout}).permute({1, 0, 2}).contiguous().to(w.scalar_type());
     } else {
+      at::Tensor dH = at::empty({B * J, 2 * Cout}, o);
       at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
         const ScopedFlushDenormals ftz;
         BwdScratch<T> sc(J, Cout);
-        tiles_of(t0, t1, sc);
+        tiles_of(t0, t1, sc, dH.data_ptr<T>(), 0);
       });
       dxw = at::mm(dH, p.wcat.t());
       // d[w0 | w1] [Cin, 2 Cout] -> dw [2, Cin, Cout]

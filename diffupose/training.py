@@ -116,6 +116,15 @@ def init_distributed(device_type: str) -> bool:
     return True
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam, fused where torch has the kernel (CPU and CUDA float parameters): one pass per parameter
+    for the whole update instead of ~10 ATen calls each (0.44 against 2.1 ms a step for the d 128,
+    3-block GCN's 64 tensors on the 2-core CPU: 2-3% of its training step). Same update, same state."""
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
 def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
     if mode == "off":
         return None
@@ -147,7 +156,7 @@ class Trainer:
         # EMA copy kept the statistics of step 0 (mean 0, var 1) and scored 2x the raw weights' error
         self.ema = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=ema_warmup_fn(train_cfg.ema_decay),
                                                        use_buffers=True)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr)
+        self.opt = adam(self.model.parameters(), train_cfg.lr)
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=train_cfg.lr_decay)
         self.net: nn.Module = self.model
         if self.world > 1:

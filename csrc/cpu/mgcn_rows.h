@@ -7,6 +7,8 @@
 
 namespace diffupose {
 
+constexpr int kDaLanes = 16;  // lanes of agg_bwd's J x J dot products (one AVX-512 register of floats)
+
 // The loops of one accumulation type T (float or double); see cpu/mgcn_rows_impl.h.
 template <typename T>
 struct RowsOf {
@@ -15,8 +17,11 @@ struct RowsOf {
   // h0, h1, dh0, dh1: rows ldh apart (the halves of [H0 | H1] rows: ldh = 2 C)
   void (*agg_fwd)(T* pre, T* g1, const T* h0, const T* h1, int64_t ldh, const T* m, const T* a, const T* bias,
                   int64_t J, int64_t C);
-  void (*agg_bwd)(T* dh0, T* dh1, int64_t ldh, T* dm, T* da, T* g1, const T* dpre, const T* h0, const T* h1,
+  // da's dot products go per lane into da_lanes [J * J, kDaLanes]; agg_bwd_flush adds their sums to
+  // da [J, J] and zeroes them (once per tile of samples: no horizontal sum per pair and sample)
+  void (*agg_bwd)(T* dh0, T* dh1, int64_t ldh, T* dm, T* da_lanes, T* g1, const T* dpre, const T* h0, const T* h1,
                   const T* m, const T* a, int64_t J, int64_t C);
+  void (*agg_bwd_flush)(T* da, T* da_lanes, int64_t J);
   // the training batch norm (csrc/norm_act_cpu.cpp): acc += row, or (row - centre)^2 with a centre
   void (*norm_sum)(T* acc, const T* row, const T* centre, int64_t C);
   // dz (after act') -> dy = dz * s1 in place, accumulating dsc [2, C] += (dz * y, dz) (dsc, s1

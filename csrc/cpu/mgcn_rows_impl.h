@@ -99,13 +99,28 @@ void aggregate_fwd(T* pre, T* g1, const T* h0, const T* h1, int64_t ldh, const T
 }
 
 // Backward of the aggregation of one sample from dpre [J, C]: writes dh0, dh1 (the gradients of
-// H0 = x w0, H1 = x w1; row stride ldh, as h0, h1) and accumulates dm [J, C], da [J, J]; g1 [J, C]
-// scratch.
+// H0 = x w0, H1 = x w1; row stride ldh, as h0, h1), accumulates dm [J, C] and da's lanes (below);
+// g1 [J, C] scratch.
 //   self:       dG0_j = a_jj dpre_j;  dH0_j = m_j dG0_j;  dm_j += dG0_j H0_j;  da_jj += <dpre_j, m_j H0_j>
 //   neighbours: dG1_k = sum_{j != k} a_jk dpre_j;  dH1_k = m_k dG1_k;  dm_k += dG1_k H1_k;
 //               da_jk += <dpre_j, m_k H1_k>
+// da's J x J dot products accumulate per lane, da_lanes [J * J, kDaLanes]: pair (j, k)'s channels c
+// go to lane c % kDaLanes (one vector register on AVX-512, two on AVX2), and aggregate_bwd_flush
+// sums the lanes once per tile of samples. A horizontal sum per pair and sample (an `omp simd`
+// reduction, which gcc finishes with 16 dependent scalar adds) was ~40% of this function.
 template <typename T>
-void aggregate_bwd(T* dh0, T* dh1, int64_t ldh, T* dm, T* da, T* g1, const T* dpre, const T* h0, const T* h1,
+inline void dot_lanes(T* lanes, const T* x, const T* y, int64_t C) {
+  T acc[kDaLanes];
+  for (int i = 0; i < kDaLanes; ++i) acc[i] = lanes[i];
+  int64_t c = 0;
+  for (; c + kDaLanes <= C; c += kDaLanes)
+    for (int i = 0; i < kDaLanes; ++i) acc[i] += x[c + i] * y[c + i];
+  for (int i = 0; c < C; ++c, ++i) acc[i] += x[c] * y[c];
+  for (int i = 0; i < kDaLanes; ++i) lanes[i] = acc[i];
+}
+
+template <typename T>
+void aggregate_bwd(T* dh0, T* dh1, int64_t ldh, T* dm, T* da_lanes, T* g1, const T* dpre, const T* h0, const T* h1,
                    const T* m, const T* a, int64_t J, int64_t C) {
   for (int64_t j = 0; j < J; ++j)
     for (int64_t c = 0; c < C; ++c) g1[j * C + c] = m[j * C + c] * h1[j * ldh + c];
@@ -116,15 +131,18 @@ void aggregate_bwd(T* dh0, T* dh1, int64_t ldh, T* dm, T* da, T* g1, const T* dp
     T* dmj = dm + j * C;
     T* dh0j = dh0 + j * ldh;
     const T ajj = a[j * J + j];
-    T dajj = 0;
-#pragma omp simd reduction(+ : dajj)  // lets the dot product vectorize (reassociation)
     for (int64_t c = 0; c < C; ++c) {
       const T dg0 = ajj * dpj[c];
       dh0j[c] = mj[c] * dg0;
       dmj[c] += dg0 * h0j[c];
-      dajj += dpj[c] * mj[c] * h0j[c];
     }
-    da[j * J + j] += dajj;
+    T tmp[kDaLanes];  // da_jj's lanes: <dpre_j, m_j H0_j>
+    for (int i = 0; i < kDaLanes; ++i) tmp[i] = da_lanes[(j * J + j) * kDaLanes + i];
+    int64_t c = 0;
+    for (; c + kDaLanes <= C; c += kDaLanes)
+      for (int i = 0; i < kDaLanes; ++i) tmp[i] += dpj[c + i] * mj[c + i] * h0j[c + i];
+    for (int i = 0; c < C; ++c, ++i) tmp[i] += dpj[c] * mj[c] * h0j[c];
+    for (int i = 0; i < kDaLanes; ++i) da_lanes[(j * J + j) * kDaLanes + i] = tmp[i];
   }
   for (int64_t k = 0; k < J; ++k)  // dG1 accumulates in dh1 first
     for (int64_t c = 0; c < C; ++c) dh1[k * ldh + c] = T(0);
@@ -134,14 +152,8 @@ void aggregate_bwd(T* dh0, T* dh1, int64_t ldh, T* dm, T* da, T* g1, const T* dp
       if (k == j) continue;
       const T ajk = a[j * J + k];
       T* dg1k = dh1 + k * ldh;
-      const T* gk = g1 + k * C;
-      T dajk = 0;
-#pragma omp simd reduction(+ : dajk)
-      for (int64_t c = 0; c < C; ++c) {
-        dg1k[c] += ajk * dpj[c];
-        dajk += dpj[c] * gk[c];
-      }
-      da[j * J + k] += dajk;
+      for (int64_t c = 0; c < C; ++c) dg1k[c] += ajk * dpj[c];
+      dot_lanes<T>(da_lanes + (j * J + k) * kDaLanes, dpj, g1 + k * C, C);
     }
   }
   for (int64_t k = 0; k < J; ++k) {
@@ -151,6 +163,17 @@ void aggregate_bwd(T* dh0, T* dh1, int64_t ldh, T* dm, T* da, T* g1, const T* dp
       dm[k * C + c] += dg1k[c] * h1k[c];
       dg1k[c] *= m[k * C + c];
     }
+  }
+}
+
+// da [J, J] += the lanes' sums (in lane order), and the lanes zeroed for the next tile.
+template <typename T>
+void aggregate_bwd_flush(T* da, T* da_lanes, int64_t J) {
+  for (int64_t p = 0; p < J * J; ++p) {
+    T s = 0;
+    for (int i = 0; i < kDaLanes; ++i) s += da_lanes[p * kDaLanes + i];
+    da[p] += s;
+    for (int i = 0; i < kDaLanes; ++i) da_lanes[p * kDaLanes + i] = T(0);
   }
 }
 
@@ -360,7 +383,7 @@ void norm_dpre_row(T* dy, const T* pre, const T* mu, const T* rstd, const T* gam
 
 template <typename T>
 RowsOf<T> rows_table() {
-  return {epilogue_row_fwd<T>, epilogue_row_bwd<T>, aggregate_fwd<T>, aggregate_bwd<T>,
+  return {epilogue_row_fwd<T>, epilogue_row_bwd<T>, aggregate_fwd<T>, aggregate_bwd<T>, aggregate_bwd_flush<T>,
           norm_sum_row<T>,     norm_bwd_row<T>,     norm_dpre_row<T>};
 }
 
