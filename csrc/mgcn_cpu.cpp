@@ -357,11 +357,11 @@ struct BwdScratch {
       : dpre(J * C), g1(J * C), pv(C), u(C), sc1(C), sh(C), da_lanes(J * J * kDaLanes, T(0)) {}
 };
 
-// One sample. h: its rows of H [J, 2 Cout]; g, pre: of grad_out and pre [J, Cout]; dh: its rows of
+// One sample. h: its rows of H [J, 2 Cout] (h_next: the next sample's, prefetched; nullable); g, pre: of grad_out and pre [J, Cout]; dh: its rows of
 // the output dH [J, 2 Cout]; dsc: where its dscale_shift [2, Cout] accumulates (nullable).
 template <typename T, typename xt>
-void bwd_sample(const Params<T>& p, const T* h, const xt* g, const xt* pre, bool has_ss, T* dsc, T* dh,
-                const BwdSlot<T>& slot, int64_t J, int64_t Cout, int act, BwdScratch<T>& w) {
+void bwd_sample(const Params<T>& p, const T* h, const T* h_next, const xt* g, const xt* pre, bool has_ss, T* dsc,
+                T* dh, const BwdSlot<T>& slot, int64_t J, int64_t Cout, int act, BwdScratch<T>& w) {
   // dpre through the epilogue; dscale_shift and dbias
   for (int64_t j = 0; j < J; ++j) {
     const int64_t o = j * Cout;
@@ -379,8 +379,8 @@ void bwd_sample(const Params<T>& p, const T* h, const xt* g, const xt* pre, bool
       }
     for (int64_t c = 0; c < Cout; ++c) slot.db[c] += dz[c];
   }
-  rows_of<T>().agg_bwd(dh, dh + Cout, 2 * Cout, slot.dm, w.da_lanes.data(), w.g1.data(), w.dpre.data(), h, h + Cout, p.mp, p.ap,
-                       J, Cout);
+  rows_of<T>().agg_bwd(dh, dh + Cout, 2 * Cout, slot.dm, w.da_lanes.data(), w.g1.data(), w.dpre.data(), h, h + Cout,
+                       p.mp, p.ap, J, Cout, h_next, h_next ? 2 * J * Cout : 0);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mgcn_bwd_cpu(
@@ -429,7 +429,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           if (d.ss_rows && (d.ss_rows > 1 || b == s_begin))
             load_scale_shift(sc.sc1.data(), sc.sh.data(), ssp + (d.ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
           T* dsc = d.ss_rows == 1 ? slot.dss : (d.ss_rows ? dssbp + b * 2 * Cout : nullptr);
-          bwd_sample<T, xt>(p, hp + b * JH, gp + b * JC, prep + b * JC, d.ss_rows > 0, dsc, dh + (b - b_dh) * JH, slot, J,
+          bwd_sample<T, xt>(p, hp + b * JH, b + 1 < B ? hp + (b + 1) * JH : nullptr, gp + b * JC, prep + b * JC,
+                            d.ss_rows > 0, dsc, dh + (b - b_dh) * JH, slot, J,
                             Cout, static_cast<int>(act), sc);
         }
         rows_of<T>().agg_bwd_flush(slot.da, sc.da_lanes.data(), J);

@@ -85,6 +85,9 @@ def build_parser(default_dataset: str) -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     t.add_argument("--backend", default=None, choices=["auto", "reference", "cpu", "cuda", "triton"],
                    help="op backend (default auto: the fused kernels where built)")
+    t.add_argument("--compile", action="store_true",
+                   help="the forward and loss through torch.compile around the fused ops (first step compiles; "
+                        "docs/BENCHMARKS.md: training throughput)")
     t.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<arch>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--save-every", type=int, default=0, help="also checkpoint every k steps")
@@ -149,7 +152,8 @@ def main(argv=None, default_dataset: str = "h36m") -> int:
         tcfg = TrainConfig(epochs=pick(args.epochs, "epochs"), batch_size=pick(args.batch_size, "batch_size"),
                            lr=pick(args.lr, "lr"), lr_decay=pick(args.lr_decay, "lr_decay"), ema_decay=args.ema_decay,
                            flip=not args.no_flip, amp=args.amp, seed=args.seed, save_every=args.save_every,
-                           max_steps=args.max_steps, backend=args.backend, progress=not args.no_progress)
+                           max_steps=args.max_steps, backend=args.backend, progress=not args.no_progress,
+                           compile=args.compile)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,6 +42,10 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps (0: no limit); for smoke tests
     grad_clip: float = 0.0
     backend: Optional[str] = None  # op backend for training (None: auto)
+    # the forward and the loss through torch.compile(fullgraph=True) around the fused ops (their fake
+    # kernels keep them whole in the graph): the Python and the small ops between them compiled away;
+    # the first step compiles (seconds). bench/train_throughput.py's cpu+compile row.
+    compile: bool = False
     progress: bool = True
 
     def to_dict(self) -> dict:
@@ -172,6 +176,7 @@ class Trainer:
         self.epoch_batches = 0
         self.epoch_seconds = 0.0
         self.gen = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)  # batches and flips
+        self._loss_fn = (torch.compile(self.loss, fullgraph=True, dynamic=False) if train_cfg.compile else self.loss)
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -258,7 +263,7 @@ class Trainer:
         flip_mask = (torch.rand(idx.shape[0], generator=self.gen, device=self.device) < 0.5) if self.cfg.flip else None
         x0, y = self.data.batch(idx, flip_mask)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            loss, info = self.loss(x0, y)
+            loss, info = self._loss_fn(x0, y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower the learning rate or "
                                      "disable AMP (--amp off)")

@@ -116,3 +116,26 @@ def test_ema_warmup_follows_the_raw_weights_early():
     ema = [torch.zeros(3)]
     fn(ema, p, torch.tensor(100000))  # late: the plain decay
     assert torch.allclose(ema[0], torch.full((3,), 1 - decay))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_compiled_loss_is_one_graph(tmp_path, backend):
+    """--compile: the forward and the loss in one graph (the fused ops held whole by their fake
+    kernels), compiled once: after two epochs still 1 graph, no break, no recompile."""
+    from diffupose.baselines import compile_counts, reset_compiled
+    from diffupose.ops import BackendUnavailable, resolve
+
+    try:
+        resolve(backend, torch.device("cpu"))
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+    reset_compiled()
+    tr = make(tmp_path, backend=backend, compile=True)
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    tr.run()
+    counts = compile_counts()
+    reset_compiled()
+    assert tr.step == 6 and counts == {"graphs": 1, "graph_breaks": 0}, counts
+    after = list(tr.model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))

@@ -19,8 +19,9 @@ struct RowsOf {
                   int64_t J, int64_t C);
   // da's dot products go per lane into da_lanes [J * J, kDaLanes]; agg_bwd_flush adds their sums to
   // da [J, J] and zeroes them (once per tile of samples: no horizontal sum per pair and sample)
+  // pf [pf_len] (nullable): prefetched meanwhile (the next sample's H)
   void (*agg_bwd)(T* dh0, T* dh1, int64_t ldh, T* dm, T* da_lanes, T* g1, const T* dpre, const T* h0, const T* h1,
-                  const T* m, const T* a, int64_t J, int64_t C);
+                  const T* m, const T* a, int64_t J, int64_t C, const T* pf, int64_t pf_len);
   void (*agg_bwd_flush)(T* da, T* da_lanes, int64_t J);
   // the training batch norm (csrc/norm_act_cpu.cpp): acc += row, or (row - centre)^2 with a centre
   void (*norm_sum)(T* acc, const T* row, const T* centre, int64_t C);

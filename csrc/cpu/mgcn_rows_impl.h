@@ -104,6 +104,7 @@ void aggregate_fwd(T* pre, T* g1, const T* h0, const T* h1, int64_t ldh, const T
 //   self:       dG0_j = a_jj dpre_j;  dH0_j = m_j dG0_j;  dm_j += dG0_j H0_j;  da_jj += <dpre_j, m_j H0_j>
 //   neighbours: dG1_k = sum_{j != k} a_jk dpre_j;  dH1_k = m_k dG1_k;  dm_k += dG1_k H1_k;
 //               da_jk += <dpre_j, m_k H1_k>
+// pf, pf_len: memory to prefetch meanwhile (the next sample's H rows; nullable).
 // da's J x J dot products accumulate per lane, da_lanes [J * J, kDaLanes]: pair (j, k)'s channels c
 // go to lane c % kDaLanes (one vector register on AVX-512, two on AVX2), and aggregate_bwd_flush
 // sums the lanes once per tile of samples. A horizontal sum per pair and sample (an `omp simd`
@@ -121,7 +122,7 @@ inline void dot_lanes(T* lanes, const T* x, const T* y, int64_t C) {
 
 template <typename T>
 void aggregate_bwd(T* dh0, T* dh1, int64_t ldh, T* dm, T* da_lanes, T* g1, const T* dpre, const T* h0, const T* h1,
-                   const T* m, const T* a, int64_t J, int64_t C) {
+                   const T* m, const T* a, int64_t J, int64_t C, const T* pf, int64_t pf_len) {
   for (int64_t j = 0; j < J; ++j)
     for (int64_t c = 0; c < C; ++c) g1[j * C + c] = m[j * C + c] * h1[j * ldh + c];
   for (int64_t j = 0; j < J; ++j) {
@@ -146,7 +147,10 @@ void aggregate_bwd(T* dh0, T* dh1, int64_t ldh, T* dm, T* da_lanes, T* g1, const
   }
   for (int64_t k = 0; k < J; ++k)  // dG1 accumulates in dh1 first
     for (int64_t c = 0; c < C; ++c) dh1[k * ldh + c] = T(0);
+  constexpr int64_t kLine = 64 / sizeof(T);  // floats (doubles) per cache line
   for (int64_t j = 0; j < J; ++j) {
+    if (pf)  // the next sample's H, a J-th of it per row here: its first reads above missed the caches
+      for (int64_t q = j * pf_len / J; q < (j + 1) * pf_len / J; q += kLine) __builtin_prefetch(pf + q);
     const T* dpj = dpre + j * C;
     for (int64_t k = 0; k < J; ++k) {
       if (k == j) continue;
