@@ -20,8 +20,9 @@ denoiser, side by side in one process:
 
   python bench/train_throughput.py                      # d_m 256, batch 1024, every backend that runs here
   python bench/train_throughput.py --d-model 128 --batch 256 --amp bf16 --json out.json
-Warm-up steps are excluded (the compile row's first step, the compile, is reported apart); the
-figure is the median step time over --repeats steps.
+Every path is built and warmed up first (the compile row's first step, the compile, is reported
+apart), then the paths are timed in turns, one step each per round (--repeats rounds): the
+figure is each path's median, and a machine whose speed drifts slows all of them alike.
 """
 from __future__ import annotations
 
@@ -76,10 +77,10 @@ def one_gemm():
 CPU_VARIANTS = {"cpu/norm-in-torch": norm_in_torch, "cpu/one-gemm": one_gemm}  # row -> the context it runs in
 
 
-def step_time(backend, args, device, compiled=False) -> dict:
-    """Median seconds of one optimiser step on `backend` ('reference' when compiled); for the
-    compiled step also its first step (the compile) and dynamo's counts after the timed steps."""
-    reset_compiled()
+def build_step(backend, args, device, compiled=False, context=contextlib.nullcontext):
+    """(step, info): one optimiser step of a fresh model on `backend` ('reference' when compiled),
+    run inside `context` (a CPU variant's switch), warmed up; info holds its first step's seconds
+    (the compile, for a compiled step) and, compiled, dynamo's counts that its warm-up added."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(d_model=args.d_model, n_blocks=args.blocks)).to(device)
     diffusion = Diffusion(DiffusionConfig())
@@ -101,39 +102,39 @@ def step_time(backend, args, device, compiled=False) -> dict:
         loss_of = torch.compile(loss_of, fullgraph=True, dynamic=False, **opts)
         if backend == "reference":  # the fused Adam kernel is one call already (dynamo breaks on it)
             opt_step = torch.compile(opt.step, dynamic=False, **opts)  # not fullgraph: torch.optim's own break
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step():
-        loss = loss_of(x0, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_step()
+        with context():
+            loss = loss_of(x0, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_step()
+        sync()
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    before = compile_counts()
     t0 = time.perf_counter()
     step()
-    sync()
-    out = {"first_step_s": time.perf_counter() - t0}
+    info = {"first_step_s": time.perf_counter() - t0}
     for _ in range(args.warmup - 1):
         step()
-    sync()
+    if compiled:
+        after = compile_counts()
+        info.update({k: after[k] - before[k] for k in after})
+    return step, info
 
-    def median_step() -> float:
-        times = []
-        for _ in range(args.repeats):
+
+def interleaved_medians(steps: dict, repeats: int) -> dict:
+    """Median seconds per step of each path, timed in turns (one step of each, repeats times), so
+    that a machine whose speed drifts (a shared VM: 1.5x within a minute) slows every path alike
+    and the ratios within one run hold; timing one path after another let the drift pick winners."""
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
             t0 = time.perf_counter()
             step()
-            sync()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    out["step_s"] = median_step()
-    if args.contend:
-        with busy_processes(args.contend):
-            out["contended_step_s"] = median_step()
-    if compiled:
-        out.update(compile_counts())
-    reset_compiled()
-    return out
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv=None):
@@ -165,7 +166,8 @@ def main(argv=None):
           f" ({torch.get_num_threads()} threads), d_model {args.d_model}, blocks {args.blocks}, batch {args.batch}, "
           f"amp {args.amp}, OpenMP wait {diffupose.openmp_wait_policy()}")
     print("# command: python " + " ".join(sys.argv))
-    rows = []
+    reset_compiled()
+    steps, infos = {}, {}
     for name in candidates:
         backend = "reference" if name == "compile" else name.split("+")[0].split("/")[0]
         try:
@@ -173,18 +175,30 @@ def main(argv=None):
         except ops.BackendUnavailable as e:
             print(f"# {backend}: unavailable ({e})")
             continue
-        with CPU_VARIANTS.get(name, contextlib.nullcontext)():
-            res = step_time(backend, args, device, compiled=name.endswith("compile"))
-        t = res.pop("step_s")
-        tc = res.pop("contended_step_s", None)
-        rows.append({"backend": name, "step_ms": t * 1e3, "samples_per_s": args.batch / t, **res,
+        steps[name], infos[name] = build_step(backend, args, device, compiled=name.endswith("compile"),
+                                              context=CPU_VARIANTS.get(name, contextlib.nullcontext))
+        print(f"# {name}: built, first step {infos[name]['first_step_s']:.1f} s"
+              + (f", graphs {infos[name]['graphs']} breaks {infos[name]['graph_breaks']}" if "graphs" in infos[name]
+                 else ""), flush=True)
+    warm = compile_counts()
+    alone = interleaved_medians(steps, args.repeats)
+    contended = {}
+    if args.contend:
+        with busy_processes(args.contend):
+            contended = interleaved_medians(steps, args.repeats)
+    if compile_counts() != warm:  # a compiled step recompiled or broke while timed: not the baseline's time
+        print(f"# WARNING: dynamo compiled again while timing ({warm} -> {compile_counts()}): a compiled row "
+              "recompiled, so its time is not the baseline's", flush=True)
+    rows = []
+    for name, info in infos.items():
+        expected = (2, 1) if name == "compile" else (1, 0)  # the reference adds Adam's graph and torch.optim's break
+        if "graphs" in info and (info["graphs"], info["graph_breaks"]) != expected:
+            print(f"# WARNING: {name} was expected as {expected[0]} graph(s) and {expected[1]} break(s), got "
+                  f"{info['graphs']} and {info['graph_breaks']}", flush=True)
+        t, tc = alone[name], contended.get(name)
+        rows.append({"backend": name, "step_ms": t * 1e3, "samples_per_s": args.batch / t, **info,
                      **({"contended_step_ms": tc * 1e3, "contended_ratio": tc / t} if tc else {})})
-        print(f"# {name}: {rows[-1]['step_ms']:.1f} ms per step, first step {res['first_step_s']:.1f} s"
-              + (f", graphs {res['graphs']} breaks {res['graph_breaks']}" if "graphs" in res else ""), flush=True)
-        expected = (2, 1) if backend == "reference" else (1, 0)  # + Adam's graph and torch.optim's break
-        if "graphs" in res and (res["graphs"], res["graph_breaks"]) != expected:
-            print(f"# WARNING: the compiled step was expected as {expected[0]} graph(s) and {expected[1]} break(s): it "
-                  "recompiled or broke elsewhere, so its time is not the baseline's", flush=True)
+    reset_compiled()
     base = next((r for r in rows if r["backend"] == "reference"), None)
     comp = next((r for r in rows if r["backend"] == "compile"), None)
     cont = f" beside {args.contend} busy | x alone |" if args.contend else ""

@@ -78,22 +78,61 @@ void epilogue_row_bwd(T* g, T* u, const T* pre, const T* scale1, const T* shift,
 // The J x J aggregation of one sample, forward: pre [J, C] = diag(a) m H0 + offdiag(a) (m H1) + bias;
 // g1 [J, C] scratch (m * H1). h0, h1 [J, C] with row stride ldh (2 C when they are the two halves
 // of one GEMM's [H0 | H1] rows); m [J, C]; a [J, J]; bias [C].
+#ifndef DP_ROWS_VW  // floats per vector register and the sampler GEMM's rows per block (see below)
+#define DP_ROWS_VW 4
+#define DP_ROWS_MR 6
+#endif
+
+// The J x J loops (aggregate_fwd, aggregate_bwd) go per block of channels, kR vector registers
+// wide: a block's accumulators stay in registers across the joints (one load per FMA, one store
+// per block) where a loop over all C channels per joint pair read and wrote its row for every
+// pair. Channels past the last whole block take plain loops.
+template <typename T>
+struct AggVec {
+  static constexpr int kBytes = DP_ROWS_VW * sizeof(float);  // one vector register
+  typedef T V __attribute__((vector_size(kBytes)));
+  typedef T Vu __attribute__((vector_size(kBytes), aligned(alignof(T)), may_alias));  // unaligned
+  static constexpr int kN = kBytes / sizeof(T);  // elements per register (<= kDaLanes)
+  static constexpr int kR = 4;                   // registers per block
+  static constexpr int64_t kBlock = kN * kR;
+  static V load(const T* p) { return *reinterpret_cast<const Vu*>(p); }
+  static void store(T* p, V v) { *reinterpret_cast<Vu*>(p) = v; }
+};
+
 template <typename T>
 void aggregate_fwd(T* pre, T* g1, const T* h0, const T* h1, int64_t ldh, const T* m, const T* a, const T* bias,
                    int64_t J, int64_t C) {
   for (int64_t j = 0; j < J; ++j)
     for (int64_t c = 0; c < C; ++c) g1[j * C + c] = m[j * C + c] * h1[j * ldh + c];
-  for (int64_t j = 0; j < J; ++j) {
-    T* row = pre + j * C;
+  using A = AggVec<T>;
+  using V = typename A::V;
+  constexpr int kN = A::kN, kR = A::kR;
+  const int64_t whole = C / A::kBlock * A::kBlock;
+  for (int64_t c0 = 0; c0 < whole; c0 += A::kBlock)
+    for (int64_t j = 0; j < J; ++j) {
+      const T ajj = a[j * J + j];
+      const T *mj = m + j * C + c0, *h0j = h0 + j * ldh + c0;
+      V acc[kR];
+#pragma GCC unroll 8
+      for (int q = 0; q < kR; ++q) acc[q] = A::load(bias + c0 + q * kN) + ajj * A::load(mj + q * kN) * A::load(h0j + q * kN);
+      for (int64_t k = 0; k < J; ++k) {
+        if (k == j) continue;  // the own joint goes through w0, not w1
+        const T ajk = a[j * J + k];
+        const T* gk = g1 + k * C + c0;
+#pragma GCC unroll 8
+        for (int q = 0; q < kR; ++q) acc[q] += ajk * A::load(gk + q * kN);
+      }
+#pragma GCC unroll 8
+      for (int q = 0; q < kR; ++q) A::store(pre + j * C + c0 + q * kN, acc[q]);
+    }
+  for (int64_t j = 0; j < J && whole < C; ++j) {  // the channels past the whole blocks
     const T ajj = a[j * J + j];
-    const T* mj = m + j * C;
-    const T* h0j = h0 + j * ldh;
-    for (int64_t c = 0; c < C; ++c) row[c] = bias[c] + ajj * mj[c] * h0j[c];
+    T* row = pre + j * C;
+    for (int64_t c = whole; c < C; ++c) row[c] = bias[c] + ajj * m[j * C + c] * h0[j * ldh + c];
     for (int64_t k = 0; k < J; ++k) {
-      if (k == j) continue;  // the own joint goes through w0, not w1
+      if (k == j) continue;
       const T ajk = a[j * J + k];
-      const T* gk = g1 + k * C;
-      for (int64_t c = 0; c < C; ++c) row[c] += ajk * gk[c];
+      for (int64_t c = whole; c < C; ++c) row[c] += ajk * g1[k * C + c];
     }
   }
 }
@@ -145,19 +184,50 @@ void aggregate_bwd(T* dh0, T* dh1, int64_t ldh, T* dm, T* da_lanes, T* g1, const
     for (int i = 0; c < C; ++c, ++i) tmp[i] += dpj[c] * mj[c] * h0j[c];
     for (int i = 0; i < kDaLanes; ++i) da_lanes[(j * J + j) * kDaLanes + i] = tmp[i];
   }
-  for (int64_t k = 0; k < J; ++k)  // dG1 accumulates in dh1 first
-    for (int64_t c = 0; c < C; ++c) dh1[k * ldh + c] = T(0);
-  constexpr int64_t kLine = 64 / sizeof(T);  // floats (doubles) per cache line
-  for (int64_t j = 0; j < J; ++j) {
-    if (pf)  // the next sample's H, a J-th of it per row here: its first reads above missed the caches
-      for (int64_t q = j * pf_len / J; q < (j + 1) * pf_len / J; q += kLine) __builtin_prefetch(pf + q);
-    const T* dpj = dpre + j * C;
-    for (int64_t k = 0; k < J; ++k) {
-      if (k == j) continue;
-      const T ajk = a[j * J + k];
-      T* dg1k = dh1 + k * ldh;
-      for (int64_t c = 0; c < C; ++c) dg1k[c] += ajk * dpj[c];
-      dot_lanes<T>(da_lanes + (j * J + k) * kDaLanes, dpj, g1 + k * C, C);
+  // per block of channels and source joint k: dG1_k's block accumulates in registers over the
+  // joints j, beside the (j, k) dot products' lanes (one register per pair), g1_k's block loaded once
+  using A = AggVec<T>;
+  using V = typename A::V;
+  constexpr int kN = A::kN, kR = A::kR;
+  constexpr int64_t kLine = 64 / sizeof(T);  // elements per cache line
+  const int64_t whole = C / A::kBlock * A::kBlock;
+  for (int64_t k = 0; k < J; ++k) {
+    if (pf)  // the next sample's H, a J-th of it per k: its first reads above missed the caches
+      for (int64_t q = k * pf_len / J; q < (k + 1) * pf_len / J; q += kLine) __builtin_prefetch(pf + q);
+    T* dg1k = dh1 + k * ldh;
+    for (int64_t c0 = 0; c0 < whole; c0 += A::kBlock) {
+      V gv[kR], acc[kR];
+#pragma GCC unroll 8
+      for (int q = 0; q < kR; ++q) {
+        gv[q] = A::load(g1 + k * C + c0 + q * kN);
+        acc[q] = V{};
+      }
+      for (int64_t j = 0; j < J; ++j) {
+        if (j == k) continue;
+        const T ajk = a[j * J + k];
+        const T* dpj = dpre + j * C + c0;
+        T* lanes = da_lanes + (j * J + k) * kDaLanes;
+        V l = A::load(lanes);
+#pragma GCC unroll 8
+        for (int q = 0; q < kR; ++q) {
+          const V d = A::load(dpj + q * kN);
+          acc[q] += ajk * d;
+          l += d * gv[q];
+        }
+        A::store(lanes, l);
+      }
+#pragma GCC unroll 8
+      for (int q = 0; q < kR; ++q) A::store(dg1k + c0 + q * kN, acc[q]);
+    }
+    if (whole < C) {  // the channels past the whole blocks
+      for (int64_t c = whole; c < C; ++c) dg1k[c] = T(0);
+      for (int64_t j = 0; j < J; ++j) {
+        if (j == k) continue;
+        const T ajk = a[j * J + k];
+        const T* dpj = dpre + j * C;
+        for (int64_t c = whole; c < C; ++c) dg1k[c] += ajk * dpj[c];
+        dot_lanes<T>(da_lanes + (j * J + k) * kDaLanes, dpj + whole, g1 + k * C + whole, C - whole);
+      }
     }
   }
   for (int64_t k = 0; k < J; ++k) {
@@ -191,10 +261,6 @@ void aggregate_bwd_flush(T* da, T* da_lanes, int64_t J) {
 // GFLOP/s on one Zen 4 core with AVX-512 (MKL's sgemm: 56-80 on the same shapes, packing w each
 // call), which is why the sampler does not call BLAS. kVW / kMR per instruction set: DP_ROWS_VW,
 // DP_ROWS_MR (set by the file that includes this one; 4 / 6 for the baseline).
-#ifndef DP_ROWS_VW
-#define DP_ROWS_VW 4
-#define DP_ROWS_MR 6
-#endif
 constexpr int kVW = DP_ROWS_VW;
 constexpr int kMR = DP_ROWS_MR;
 static_assert(kVW <= kConvPanelMax, "a panel must fit the scratch of cpu/mgcn_rows.h");
