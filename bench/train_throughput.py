@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import statistics
 import sys
@@ -181,6 +182,8 @@ def main(argv=None):
               + (f", graphs {infos[name]['graphs']} breaks {infos[name]['graph_breaks']}" if "graphs" in infos[name]
                  else ""), flush=True)
     warm = compile_counts()
+    gc.collect()
+    gc.freeze()  # as Trainer.run does: the cyclic GC then walks only what the steps allocate (every row alike)
     alone = interleaved_medians(steps, args.repeats)
     contended = {}
     if args.contend:

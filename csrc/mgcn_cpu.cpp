@@ -247,11 +247,15 @@ void fwd_sample(const Params<T>& p, const T* h, bool has_ss, const xt* res, xt* 
     const T* row = w.prej.data() + o;
     if (pre)
       for (int64_t c = 0; c < Cout; ++c) pre[o + c] = static_cast<xt>(row[c]);
-    rows_of<T>().fwd(w.u.data(), row, has_ss ? w.sc1.data() : nullptr, w.sh.data(), Cout, act);
+    const T* u = row;  // the epilogue's result: pre itself where it is the identity (before a batch norm)
+    if (act != kActNone || has_ss) {
+      rows_of<T>().fwd(w.u.data(), row, has_ss ? w.sc1.data() : nullptr, w.sh.data(), Cout, act);
+      u = w.u.data();
+    }
     if (res)
-      for (int64_t c = 0; c < Cout; ++c) out[o + c] = static_cast<xt>(w.u[c] + static_cast<T>(res[o + c]));
+      for (int64_t c = 0; c < Cout; ++c) out[o + c] = static_cast<xt>(u[c] + static_cast<T>(res[o + c]));
     else
-      for (int64_t c = 0; c < Cout; ++c) out[o + c] = static_cast<xt>(w.u[c]);
+      for (int64_t c = 0; c < Cout; ++c) out[o + c] = static_cast<xt>(u[c]);
   }
 }
 

@@ -11,6 +11,7 @@ and DistributedDataParallel under torchrun (NCCL on GPU, gloo on CPU).
 from __future__ import annotations
 
 import csv
+import gc
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -279,6 +280,16 @@ class Trainer:
         return info
 
     def run(self, log_every_epoch=None) -> None:
+        # Python's cyclic GC walked every object of torch and the model on its older generations
+        # (~2.5% of a CPU training step in perf); frozen, it walks only what the steps allocate
+        gc.collect()
+        gc.freeze()
+        try:
+            self._run(log_every_epoch)
+        finally:
+            gc.unfreeze()
+
+    def _run(self, log_every_epoch) -> None:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
