@@ -45,6 +45,7 @@
 #include "common/mgcn_math.h"
 #include "cpu/flush_denormals.h"
 #include "cpu/mgcn_rows.h"
+#include "cpu/parallel_claim.h"
 #include "mgcn_check.h"
 #define DP_ROWS_NS base
 #define DP_ROWS_ISA "base"
@@ -284,10 +285,11 @@ void mgcn_fwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& 
   using T = at::opmath_type<xt>;
   if (keep.defined() && group_gemm_flag()) {
     const int64_t G = group_samples(B, J);
-    at::parallel_for(0, (B + G - 1) / G, 1, [&](int64_t g0, int64_t g1) {
+    const int64_t groups = (B + G - 1) / G;
+    parallel_claim(groups, [&](const auto& next) {
       const ScopedFlushDenormals ftz;
       FwdScratch<T> w(J, Cout);
-      for (int64_t g = g0; g < g1; ++g) {
+      for (int64_t g; (g = next()) < groups;) {
         const int64_t b0 = g * G, nb = std::min(G, B - b0);
         at::Tensor hc = keep.narrow(0, b0 * J, nb * J);
         at::mm_out(hc, xw.narrow(0, b0 * J, nb * J), p.wcat);
@@ -448,14 +450,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       dxw = at::empty({B * J, d.Cin}, o);
       at::Tensor dwg = at::empty({groups, d.Cin, 2 * Cout}, o);
       const at::Tensor wt = p.wcat.t();
-      at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      parallel_claim(groups, [&](const auto& next) {
         const ScopedFlushDenormals ftz;
         BwdScratch<T> sc(J, Cout);
         // the group's dH [G J, 2 Cout], reused by the thread's groups: it lives from the tiles to
         // the two GEMMs only, so it stays in the core's cache (~0.5 MB at Cout 128) and never
         // goes to memory (a batch-wide dH was 2 B J Cout floats written and read back per layer)
         at::Tensor dHs = at::empty({std::min(G, B) * J, 2 * Cout}, o);
-        for (int64_t g = g0; g < g1; ++g) {
+        for (int64_t g; (g = next()) < groups;) {
           const int64_t b0 = g * G, nb = std::min(G, B - b0);
           tiles_of(b0 / kTileSamples, (b0 + nb + kTileSamples - 1) / kTileSamples, sc, dHs.data_ptr<T>(), b0);
           const at::Tensor dHg = dHs.narrow(0, 0, nb * J);

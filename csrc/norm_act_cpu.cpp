@@ -20,7 +20,8 @@
 //   dbeta = sum dy;  dgamma = sum dy * xhat;  dpre = rstd * gamma * (dy - (dbeta + xhat * dgamma) / n)
 // The residual's gradient is grad_out itself (Python). Reductions over the batch go per tile of
 // kTileSamples samples into the tile's own slot, summed in tile order afterwards: the result does
-// not depend on the thread count. Everything accumulates in opmath (fp32; fp64 for fp64).
+// not depend on the thread count (threads claim tiles as they come: cpu/parallel_claim.h).
+// Everything accumulates in opmath (fp32; fp64 for fp64).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -34,6 +35,7 @@
 
 #include "cpu/flush_denormals.h"
 #include "cpu/mgcn_rows.h"
+#include "cpu/parallel_claim.h"
 
 namespace diffupose {
 namespace {
@@ -137,9 +139,9 @@ at::Tensor channel_sums(const xt* pre, const T* centre, int64_t B, int64_t J, in
   const int64_t tiles = (B + kTileSamples - 1) / kTileSamples;
   at::Tensor slots = at::empty({tiles, C}, o);  // zeroed per tile in the region (no fork-join of its own)
   T* sp = slots.data_ptr<T>();
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+  parallel_claim(tiles, [&](const auto& next) {
     std::vector<T> buf(C);
-    for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t t; (t = next()) < tiles;) {
       T* acc = sp + t * C;
       std::fill(acc, acc + C, T(0));
       const int64_t r0 = t * kTileSamples * J, r1 = std::min(B, (t + 1) * kTileSamples) * J;
@@ -179,17 +181,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_fwd_cpu(const at::Tensor
     const xt* ssp = d.ss_rows ? ss.data_ptr<xt>() : nullptr;
     const xt* rp = res.defined() ? res.data_ptr<xt>() : nullptr;
     xt* op_ = out.data_ptr<xt>();
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t tiles = (B + kTileSamples - 1) / kTileSamples;
+    parallel_claim(tiles, [&](const auto& next) {
       const ScopedFlushDenormals ftz;  // the silu rows' denormals (cpu/flush_denormals.h)
       std::vector<T> K(C), Cc(C), s1(C), pv(C), u(C);
-      for (int64_t b = b0; b < b1; ++b) {
-        if (b == b0 || d.ss_rows > 1)
-          sample_map<T, xt>(K.data(), Cc.data(), s1.data(), k, c0, ssp ? ssp + (d.ss_rows > 1 ? b : 0) * 2 * C : nullptr,
-                            C);
-        for (int64_t j = 0; j < J; ++j) {
-          const int64_t o_ = (b * J + j) * C;
-          epilogue_into<T, xt>(op_ + o_, opmath_row<T, xt>(pp + o_, pv.data(), C), K.data(), Cc.data(),
-                               rp ? rp + o_ : nullptr, u.data(), C, static_cast<int>(act));
+      for (int64_t t; (t = next()) < tiles;) {
+        const int64_t b0 = t * kTileSamples, b1 = std::min(B, b0 + kTileSamples);
+        for (int64_t b = b0; b < b1; ++b) {
+          if (b == b0 || d.ss_rows > 1)
+            sample_map<T, xt>(K.data(), Cc.data(), s1.data(), k, c0,
+                              ssp ? ssp + (d.ss_rows > 1 ? b : 0) * 2 * C : nullptr, C);
+          for (int64_t j = 0; j < J; ++j) {
+            const int64_t o_ = (b * J + j) * C;
+            epilogue_into<T, xt>(op_ + o_, opmath_row<T, xt>(pp + o_, pv.data(), C), K.data(), Cc.data(),
+                                 rp ? rp + o_ : nullptr, u.data(), C, static_cast<int>(act));
+          }
         }
       }
     });
@@ -231,10 +237,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_bwd_cpu(
     T *sp = slots.data_ptr<T>(), *dyp = dy.data_ptr<T>();
     T* dssbp = dssb.defined() ? dssb.data_ptr<T>() : nullptr;
     // pass 1: dz through the activation, the FiLM's gradients, dy and its two reductions
-    at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    parallel_claim(tiles, [&](const auto& next) {
       const ScopedFlushDenormals ftz;
       std::vector<T> K(C), Cc(C), s1(C), pv(C), u(C);
-      for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t t; (t = next()) < tiles;) {
         T* db = sp + t * slot_len;
         T* dg = db + C;
         const int64_t b_end = std::min(B, (t + 1) * kTileSamples);
@@ -263,10 +269,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_bwd_cpu(
     const double n = static_cast<double>(B * J);
     const at::Tensor gam = gamma.detach().to(op).contiguous(), dbn = dbeta / n, dgn = dgamma / n;
     const T *dbnp = dbn.data_ptr<T>(), *dgnp = dgn.data_ptr<T>(), *gmp = gam.data_ptr<T>();
-    at::parallel_for(0, B * J, 64, [&](int64_t r0, int64_t r1) {
+    constexpr int64_t kRows = 128;  // rows per claim
+    const int64_t chunks = (B * J + kRows - 1) / kRows;
+    parallel_claim(chunks, [&](const auto& next) {
       std::vector<T> buf(C);
-      for (int64_t r = r0; r < r1; ++r)
-        rows_of<T>().norm_dpre(dyp + r * C, opmath_row<T, xt>(pp + r * C, buf.data(), C), mu, rstd, gmp, dbnp, dgnp, C);
+      for (int64_t q; (q = next()) < chunks;)
+        for (int64_t r = q * kRows; r < std::min(B * J, (q + 1) * kRows); ++r)
+          rows_of<T>().norm_dpre(dyp + r * C, opmath_row<T, xt>(pp + r * C, buf.data(), C), mu, rstd, gmp, dbnp, dgnp, C);
     });
     dpre = dy.to(pre.scalar_type());
     dgamma = dgamma.to(gamma.scalar_type());
