@@ -171,3 +171,18 @@ def test_every_instruction_set_this_cpu_runs(isa):
         check(13, 17, 40, "silu", "B", True, torch.float32)
         check(6, 15, 33, "relu", 1, False, torch.float32)
         check(9, 16, 64, "silu", "B", True, torch.bfloat16)
+
+
+def test_variance_without_cancellation():
+    """pre far from zero (offset 1000, spread 1): the batch variance (two passes: the mean, then
+    squares about it) within twice PyTorch's own fp32 error against fp64 (5e-7 both here). A one-pass
+    sum of squares loses ~6 of fp32's 7 digits here (0.13); per-tile fp32 means combined pairwise
+    (Chan et al.), tried to save a pass, 9x PyTorch's error (4.6e-6): both fail."""
+    skip_unless_backend("cpu")
+    g = torch.Generator().manual_seed(3)
+    pre64 = 1000 + torch.randn(257, 17, 64, generator=g, dtype=torch.float64)
+    gamma, beta = torch.ones(64), torch.zeros(64)
+    _, _, var_ref = norm_act_ref(pre64, gamma.double(), beta.double())
+    _, _, var_same = norm_act_ref(pre64.float(), gamma, beta)
+    _, _, var = norm_act(pre64.float(), gamma, beta, backend="cpu")
+    assert rel_err(var, var_ref) <= max(2 * rel_err(var_same, var_ref), 1e-6), (rel_err(var, var_ref), rel_err(var_same, var_ref))
