@@ -139,3 +139,18 @@ def test_compiled_loss_is_one_graph(tmp_path, backend):
     after = list(tr.model.parameters())
     assert all(torch.isfinite(p).all() for p in after)
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, capsys):
+    """--compile on a machine where compiling fails: one note, then the eager step; the run finishes."""
+    def broken_compile(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("inductor: no working C++ compiler\n(details)")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    tr = make(tmp_path, compile=True)
+    tr.run()
+    assert tr.step == 6
+    err = capsys.readouterr().err
+    assert err.count("torch.compile of the training step failed") == 1 and "no working C++ compiler" in err
