@@ -75,9 +75,6 @@ void epilogue_row_bwd(T* g, T* u, const T* pre, const T* scale1, const T* shift,
     for (int64_t c = 0; c < C; ++c) g[c] *= act_bwd<T>(u[c], kActSilu, RowExp{});
 }
 
-// The J x J aggregation of one sample, forward: pre [J, C] = diag(a) m H0 + offdiag(a) (m H1) + bias;
-// g1 [J, C] scratch (m * H1). h0, h1 [J, C] with row stride ldh (2 C when they are the two halves
-// of one GEMM's [H0 | H1] rows); m [J, C]; a [J, J]; bias [C].
 #ifndef DP_ROWS_VW  // floats per vector register and the sampler GEMM's rows per block (see below)
 #define DP_ROWS_VW 4
 #define DP_ROWS_MR 6
@@ -97,8 +94,12 @@ struct AggVec {
   static constexpr int64_t kBlock = kN * kR;
   static V load(const T* p) { return *reinterpret_cast<const Vu*>(p); }
   static void store(T* p, V v) { *reinterpret_cast<Vu*>(p) = v; }
+  static_assert(kN <= kDaLanes, "a pair's da lanes hold one register");
 };
 
+// The J x J aggregation of one sample, forward: pre [J, C] = diag(a) m H0 + offdiag(a) (m H1) + bias;
+// g1 [J, C] scratch (m * H1). h0, h1 [J, C] with row stride ldh (2 C when they are the two halves
+// of one GEMM's [H0 | H1] rows); m [J, C]; a [J, J]; bias [C].
 template <typename T>
 void aggregate_fwd(T* pre, T* g1, const T* h0, const T* h1, int64_t ldh, const T* m, const T* a, const T* bias,
                    int64_t J, int64_t C) {
@@ -144,9 +145,9 @@ void aggregate_fwd(T* pre, T* g1, const T* h0, const T* h1, int64_t ldh, const T
 //   neighbours: dG1_k = sum_{j != k} a_jk dpre_j;  dH1_k = m_k dG1_k;  dm_k += dG1_k H1_k;
 //               da_jk += <dpre_j, m_k H1_k>
 // pf, pf_len: memory to prefetch meanwhile (the next sample's H rows; nullable).
-// da's J x J dot products accumulate per lane, da_lanes [J * J, kDaLanes]: pair (j, k)'s channels c
-// go to lane c % kDaLanes (one vector register on AVX-512, two on AVX2), and aggregate_bwd_flush
-// sums the lanes once per tile of samples. A horizontal sum per pair and sample (an `omp simd`
+// da's J x J dot products accumulate per lane, da_lanes [J * J, kDaLanes]: the whole blocks put
+// pair (j, k)'s channel c in lane c % kN (one register), the channels past them in lanes 0.. in
+// order (a fixed assignment either way), and aggregate_bwd_flush sums the lanes once per tile. A horizontal sum per pair and sample (an `omp simd`
 // reduction, which gcc finishes with 16 dependent scalar adds) was ~40% of this function.
 template <typename T>
 inline void dot_lanes(T* lanes, const T* x, const T* y, int64_t C) {
