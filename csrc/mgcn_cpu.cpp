@@ -377,8 +377,9 @@ struct BwdScratch {
       : dpre(J * C), g1(J * C), pv(C), u(C), sc1(C), sh(C), da_lanes(J * J * kDaLanes, T(0)) {}
 };
 
-// One sample. h: its rows of H [J, 2 Cout] (h_next: the next sample's, prefetched; nullable); g, pre: of grad_out and pre [J, Cout]; dh: its rows of
-// the output dH [J, 2 Cout]; dsc: where its dscale_shift [2, Cout] accumulates (nullable).
+// One sample. h: its rows of H [J, 2 Cout] (h_next: the next sample's, prefetched; nullable);
+// g, pre: of grad_out and pre [J, Cout]; dh: its rows of the output dH [J, 2 Cout]; dsc: where its
+// dscale_shift [2, Cout] accumulates (nullable).
 template <typename T, typename xt>
 void bwd_sample(const Params<T>& p, const T* h, const T* h_next, const xt* g, const xt* pre, bool has_ss, T* dsc,
                 T* dh, const BwdSlot<T>& slot, int64_t J, int64_t Cout, int act, BwdScratch<T>& w) {
