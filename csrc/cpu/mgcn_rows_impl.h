@@ -115,7 +115,8 @@ void aggregate_fwd(T* pre, T* g1, const T* h0, const T* h1, int64_t ldh, const T
       const T *mj = m + j * C + c0, *h0j = h0 + j * ldh + c0;
       V acc[kR];
 #pragma GCC unroll 8
-      for (int q = 0; q < kR; ++q) acc[q] = A::load(bias + c0 + q * kN) + ajj * A::load(mj + q * kN) * A::load(h0j + q * kN);
+      for (int q = 0; q < kR; ++q)
+        acc[q] = A::load(bias + c0 + q * kN) + ajj * A::load(mj + q * kN) * A::load(h0j + q * kN);
       for (int64_t k = 0; k < J; ++k) {
         if (k == j) continue;  // the own joint goes through w0, not w1
         const T ajk = a[j * J + k];
@@ -147,8 +148,9 @@ void aggregate_fwd(T* pre, T* g1, const T* h0, const T* h1, int64_t ldh, const T
 // pf, pf_len: memory to prefetch meanwhile (the next sample's H rows; nullable).
 // da's J x J dot products accumulate per lane, da_lanes [J * J, kDaLanes]: the whole blocks put
 // pair (j, k)'s channel c in lane c % kN (one register), the channels past them in lanes 0.. in
-// order (a fixed assignment either way), and aggregate_bwd_flush sums the lanes once per tile. A horizontal sum per pair and sample (an `omp simd`
-// reduction, which gcc finishes with 16 dependent scalar adds) was ~40% of this function.
+// order (a fixed assignment either way), and aggregate_bwd_flush sums the lanes once per tile.
+// A horizontal sum per pair and sample (an `omp simd` reduction, which gcc finishes with 16
+// dependent scalar adds) was ~40% of this function.
 template <typename T>
 inline void dot_lanes(T* lanes, const T* x, const T* y, int64_t C) {
   T acc[kDaLanes];
