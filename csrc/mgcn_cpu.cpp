@@ -458,6 +458,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       }
     };
     at::Tensor dxw;  // [B*J, Cin] opmath
+    at::Tensor tot;  // [slot_len]: the slots summed over the tiles
     if (group_gemm_flag()) {
       // per group (mgcn_fwd_cpu_impl's groups): its tiles, then dx of its rows and its partial
       // d[w0 | w1], in its thread, while its dH is in cache; the partials summed in group order
@@ -481,7 +482,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           at::mm_out(dwgg, xw.narrow(0, b0 * J, nb * J).t(), dHg);
         }
       });
-      dw = dwg.sum(0).view({d.Cin, 2, Cout}).permute({1, 0, 2}).contiguous().to(w.scalar_type());
+      // the partials summed in group / tile order in one more region, d[w0 | w1]'s straight into
+      // dw's [2, Cin, Cout] layout (an ATen sum, a permuted copy and the slots' sum were three)
+      at::Tensor dwt = at::empty({2, d.Cin, Cout}, o);
+      tot = at::empty({slot_len}, o);
+      constexpr int64_t kCols = 512;  // slot columns per item
+      const int64_t Cin = d.Cin, chunks = (slot_len + kCols - 1) / kCols, items = Cin + chunks;
+      const T* dwgp = dwg.data_ptr<T>();
+      T *dwp = dwt.data_ptr<T>(), *totp = tot.data_ptr<T>();
+      if (B == 0) {  // no groups, no tiles: zero gradients
+        dwt.zero_();
+        tot.zero_();
+      }
+      parallel_claim(B == 0 ? 0 : items, [&](const auto& next) {
+        std::vector<T> acc(std::max<int64_t>(2 * Cout, kCols));
+        for (int64_t it; (it = next()) < items;) {
+          if (it < Cin) {  // row `it` of d[w0 | w1]
+            const int64_t n = 2 * Cout;
+            std::copy(dwgp + it * n, dwgp + (it + 1) * n, acc.begin());
+            for (int64_t g = 1; g < groups; ++g) {
+              const T* src = dwgp + (g * Cin + it) * n;
+              for (int64_t c = 0; c < n; ++c) acc[c] += src[c];
+            }
+            std::copy(acc.begin(), acc.begin() + Cout, dwp + it * Cout);
+            std::copy(acc.begin() + Cout, acc.begin() + n, dwp + (Cin + it) * Cout);
+          } else {  // slot columns [c0, c1)
+            const int64_t c0 = (it - Cin) * kCols, c1 = std::min(slot_len, c0 + kCols), n = c1 - c0;
+            std::copy(slotp + c0, slotp + c1, acc.begin());
+            for (int64_t t = 1; t < tiles; ++t) {
+              const T* src = slotp + t * slot_len + c0;
+              for (int64_t c = 0; c < n; ++c) acc[c] += src[c];
+            }
+            std::copy(acc.begin(), acc.begin() + n, totp + c0);
+          }
+        }
+      });
+      dw = dwt.to(w.scalar_type());
     } else {
       at::Tensor dH = at::empty({B * J, 2 * Cout}, o);
       at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
@@ -492,9 +528,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       dxw = at::mm(dH, p.wcat.t());
       // d[w0 | w1] [Cin, 2 Cout] -> dw [2, Cin, Cout]
       dw = at::mm(xw.t(), dH).view({d.Cin, 2, Cout}).permute({1, 0, 2}).contiguous().to(w.scalar_type());
+      tot = slots.sum(0);  // fixed order over the tiles
     }
     dx = dxw.view({B, J, d.Cin}).to(x.scalar_type());
-    const at::Tensor tot = slots.sum(0);  // fixed order over the tiles
     dm = tot.narrow(0, 0, JC).view({J, Cout}).to(m.scalar_type());
     da = tot.narrow(0, JC, J * J).view({J, J}).to(a.scalar_type());
     dbias = tot.narrow(0, JC + J * J, Cout).to(w.scalar_type());
