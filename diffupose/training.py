@@ -178,7 +178,8 @@ class Trainer:
         self.epoch_batches = 0
         self.epoch_seconds = 0.0
         self.gen = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)  # batches and flips
-        self._loss_fn = (torch.compile(self.loss, fullgraph=True, dynamic=False) if train_cfg.compile else self.loss)
+        # the loss through torch.compile (--compile), None when eager or after a compile failure
+        self._compiled_loss = torch.compile(self.loss, fullgraph=True, dynamic=False) if train_cfg.compile else None
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -264,15 +265,15 @@ class Trainer:
         """The loss through torch.compile (--compile); if compiling fails on this machine (no C++
         compiler for inductor, an unsupported construct), one note and the eager loss from then on:
         the same math, ~10% slower on the CPU, never a dead run."""
-        if self._loss_fn is self.loss:
+        if self._compiled_loss is None:
             return self.loss(x0, y)
         try:
-            return self._loss_fn(x0, y)
+            return self._compiled_loss(x0, y)
         except Exception as e:  # noqa: BLE001 (any compiler failure; the eager retry re-raises real errors)
             first = (str(e).strip().splitlines() or [""])[0][:200]
             print(f"note: torch.compile of the training step failed ({type(e).__name__}: {first}); training "
                   "continues without it", file=sys.stderr, flush=True)
-            self._loss_fn = self.loss
+            self._compiled_loss = None
             return self.loss(x0, y)
 
     def train_step(self, idx: Tensor) -> dict:

@@ -154,3 +154,16 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, capsys):
     assert tr.step == 6
     err = capsys.readouterr().err
     assert err.count("torch.compile of the training step failed") == 1 and "no working C++ compiler" in err
+
+
+def test_eager_loss_error_is_not_called_a_compile_failure(tmp_path, monkeypatch, capsys):
+    """Without --compile an error in the loss propagates as itself, with no note about torch.compile."""
+    tr = make(tmp_path)
+
+    def broken_loss(x0, y):
+        raise RuntimeError("model bug")
+
+    monkeypatch.setattr(tr, "loss", broken_loss)
+    with pytest.raises(RuntimeError, match="model bug"):
+        tr.run()
+    assert "torch.compile" not in capsys.readouterr().err
