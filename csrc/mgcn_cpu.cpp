@@ -21,8 +21,8 @@
 // the threaded GEMM).
 //
 // Backward: H as kept (recomputed when the caller passes it empty), then per tile of kTileSamples
-// samples: dpre through the epilogue, dH0 = m * a_jj dpre, dH1 = m * offdiag(a)^T dpre into
-// dH [R, 2 Cout] (written: the GEMMs below need all of it) and the tile's partial sums of dm, da,
+// samples: dpre through the epilogue (pre not read where the epilogue is the identity), dH0 =
+// m * a_jj dpre, dH1 = m * offdiag(a)^T dpre into dH and the tile's partial sums of dm, da,
 // dbias, dscale_shift in its own slot. Tiles are fixed sample ranges and the slots are summed in
 // order afterwards, so the result does not depend on the thread count. Then two GEMMs (per group,
 // in the same region, with the group GEMMs; dH then is one group's rows in a per-thread scratch
@@ -191,6 +191,15 @@ int64_t group_samples(int64_t B, int64_t J) {
   const int64_t by_rows = std::max<int64_t>(1, kGroupRows / std::max<int64_t>(J, 1));
   const int64_t g = std::max(by_rows, (B + kMaxGroups - 1) / kMaxGroups);
   return (g + kTileSamples - 1) / kTileSamples * kTileSamples;
+}
+
+// dst[0, n) = the sum of parts rows of n values `stride` apart in src, in row order (0 when there
+// are none): the fixed order that keeps partial sums independent of the thread count.
+template <typename T>
+void sum_parts(T* dst, const T* src, int64_t parts, int64_t stride, int64_t n) {
+  std::fill(dst, dst + n, T(0));
+  for (int64_t q = 0; q < parts; ++q)
+    for (int64_t c = 0; c < n; ++c) dst[c] += src[q * stride + c];
 }
 
 // A sample's scale-shift widened: scale1 = 1 + scale, shift.
@@ -457,8 +466,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         rows_of<T>().agg_bwd_flush(slot.da, sc.da_lanes.data(), J);
       }
     };
-    at::Tensor dxw;  // [B*J, Cin] opmath
-    at::Tensor tot;  // [slot_len]: the slots summed over the tiles
+    at::Tensor dxw;       // [B*J, Cin] opmath
+    at::Tensor dw_parts;  // [parts, Cin, 2 Cout]: d[w0 | w1]'s per-group partials, or itself as one part
     if (group_gemm_flag()) {
       // per group (mgcn_fwd_cpu_impl's groups): its tiles, then dx of its rows and its partial
       // d[w0 | w1], in its thread, while its dH is in cache; the partials summed in group order
@@ -482,42 +491,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           at::mm_out(dwgg, xw.narrow(0, b0 * J, nb * J).t(), dHg);
         }
       });
-      // the partials summed in group / tile order in one more region, d[w0 | w1]'s straight into
-      // dw's [2, Cin, Cout] layout (an ATen sum, a permuted copy and the slots' sum were three)
-      at::Tensor dwt = at::empty({2, d.Cin, Cout}, o);
-      tot = at::empty({slot_len}, o);
-      constexpr int64_t kCols = 512;  // slot columns per item
-      const int64_t Cin = d.Cin, chunks = (slot_len + kCols - 1) / kCols, items = Cin + chunks;
-      const T* dwgp = dwg.data_ptr<T>();
-      T *dwp = dwt.data_ptr<T>(), *totp = tot.data_ptr<T>();
-      if (B == 0) {  // no groups, no tiles: zero gradients
-        dwt.zero_();
-        tot.zero_();
-      }
-      parallel_claim(B == 0 ? 0 : items, [&](const auto& next) {
-        std::vector<T> acc(std::max<int64_t>(2 * Cout, kCols));
-        for (int64_t it; (it = next()) < items;) {
-          if (it < Cin) {  // row `it` of d[w0 | w1]
-            const int64_t n = 2 * Cout;
-            std::copy(dwgp + it * n, dwgp + (it + 1) * n, acc.begin());
-            for (int64_t g = 1; g < groups; ++g) {
-              const T* src = dwgp + (g * Cin + it) * n;
-              for (int64_t c = 0; c < n; ++c) acc[c] += src[c];
-            }
-            std::copy(acc.begin(), acc.begin() + Cout, dwp + it * Cout);
-            std::copy(acc.begin() + Cout, acc.begin() + n, dwp + (Cin + it) * Cout);
-          } else {  // slot columns [c0, c1)
-            const int64_t c0 = (it - Cin) * kCols, c1 = std::min(slot_len, c0 + kCols), n = c1 - c0;
-            std::copy(slotp + c0, slotp + c1, acc.begin());
-            for (int64_t t = 1; t < tiles; ++t) {
-              const T* src = slotp + t * slot_len + c0;
-              for (int64_t c = 0; c < n; ++c) acc[c] += src[c];
-            }
-            std::copy(acc.begin(), acc.begin() + n, totp + c0);
-          }
-        }
-      });
-      dw = dwt.to(w.scalar_type());
+      dw_parts = dwg;  // summed in group order below
     } else {
       at::Tensor dH = at::empty({B * J, 2 * Cout}, o);
       at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
@@ -526,10 +500,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         tiles_of(t0, t1, sc, dH.data_ptr<T>(), 0);
       });
       dxw = at::mm(dH, p.wcat.t());
-      // d[w0 | w1] [Cin, 2 Cout] -> dw [2, Cin, Cout]
-      dw = at::mm(xw.t(), dH).view({d.Cin, 2, Cout}).permute({1, 0, 2}).contiguous().to(w.scalar_type());
-      tot = slots.sum(0);  // fixed order over the tiles
+      dw_parts = at::mm(xw.t(), dH).unsqueeze(0);  // d[w0 | w1] itself: one part
     }
+    // The ordered sums in one region (ATen sums and a permuted copy were three): the slots over the
+    // tiles, and d[w0 | w1] [Cin, 2 Cout] over its parts, each row's halves put straight into dw's
+    // [2, Cin, Cout] layout.
+    at::Tensor tot = at::empty({slot_len}, o), dwt = at::empty({2, d.Cin, Cout}, o);
+    constexpr int64_t kCols = 512;  // slot columns per item
+    const int64_t Cin = d.Cin, dw_n = 2 * Cout, slot_items = (slot_len + kCols - 1) / kCols, items = slot_items + Cin;
+    const T* partp = dw_parts.data_ptr<T>();
+    T *totp = tot.data_ptr<T>(), *dwp = dwt.data_ptr<T>();
+    parallel_claim(items, [&](const auto& next) {
+      std::vector<T> row(dw_n);
+      for (int64_t it; (it = next()) < items;) {
+        if (it < slot_items) {
+          const int64_t c0 = it * kCols;
+          sum_parts(totp + c0, slotp + c0, tiles, slot_len, std::min(kCols, slot_len - c0));
+        } else {  // row i of d[w0 | w1]
+          const int64_t i = it - slot_items;
+          sum_parts(row.data(), partp + i * dw_n, dw_parts.size(0), Cin * dw_n, dw_n);
+          std::copy(row.begin(), row.begin() + Cout, dwp + i * Cout);
+          std::copy(row.begin() + Cout, row.end(), dwp + (Cin + i) * Cout);
+        }
+      }
+    });
+    dw = dwt.to(w.scalar_type());
     dx = dxw.view({B, J, d.Cin}).to(x.scalar_type());
     dm = tot.narrow(0, 0, JC).view({J, Cout}).to(m.scalar_type());
     da = tot.narrow(0, JC, J * J).view({J, J}).to(a.scalar_type());
