@@ -193,15 +193,6 @@ int64_t group_samples(int64_t B, int64_t J) {
   return (g + kTileSamples - 1) / kTileSamples * kTileSamples;
 }
 
-// dst[0, n) = the sum of parts rows of n values `stride` apart in src, in row order (0 when there
-// are none): the fixed order that keeps partial sums independent of the thread count.
-template <typename T>
-void sum_parts(T* dst, const T* src, int64_t parts, int64_t stride, int64_t n) {
-  std::fill(dst, dst + n, T(0));
-  for (int64_t q = 0; q < parts; ++q)
-    for (int64_t c = 0; c < n; ++c) dst[c] += src[q * stride + c];
-}
-
 // A sample's scale-shift widened: scale1 = 1 + scale, shift.
 template <typename T, typename xt>
 void load_scale_shift(T* scale1, T* shift, const xt* ss, int64_t C) {

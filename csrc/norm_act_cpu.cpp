@@ -155,7 +155,9 @@ at::Tensor channel_sums(const xt* pre, const T* centre, int64_t B, int64_t J, in
       for (int64_t r = r0; r < r1; ++r) rows_of<T>().norm_sum(acc, opmath_row<T, xt>(pre + r * C, buf.data(), C), centre, C);
     }
   });
-  return slots.sum(0);  // fixed order over the tiles
+  at::Tensor tot = at::empty({C}, o);
+  sum_parts(tot.data_ptr<T>(), sp, tiles, C, C);  // fixed order over the tiles
+  return tot;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_fwd_cpu(const at::Tensor& pre_, const at::Tensor& gamma,
@@ -269,7 +271,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_bwd_cpu(
         }
       }
     });
-    const at::Tensor tot = slots.sum(0);  // fixed order over the tiles
+    const at::Tensor tot = at::empty({slot_len}, o);
+    sum_parts(tot.data_ptr<T>(), sp, tiles, slot_len, slot_len);  // fixed order over the tiles
     dbeta = tot.narrow(0, 0, C).contiguous();
     dgamma = tot.narrow(0, C, C).contiguous();
     // pass 2: dpre = rstd * gamma * (dy - (dbeta + xhat * dgamma) / n), in place
