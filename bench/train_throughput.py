@@ -10,9 +10,11 @@ denoiser, side by side in one process:
              Mode (--compile-mode): default (max-autotune on a GPU); --no-compile leaves it out
   cpu / cuda / triton   the fused ops, and Adam as train/h36m.py runs it (diffupose.training.adam:
              torch's fused Adam kernel); the reference rows run torch.optim.Adam's default
-  cpu/one-gemm  the fused ops with each training GEMM as one threaded BLAS call (what the CPU op ran
+  cpu/two-ops  the fused ops with a layer's graph convolution and batch norm as two ops (mgcn, then
+             norm_act) instead of one (mgcn_norm): what fusing them buys
+  cpu/one-gemm  two-ops with each training GEMM as one threaded BLAS call (what the CPU op ran
              before its GEMMs went per group of samples inside its own parallel region): what that buys
-  cpu/norm-in-torch  the fused ops with the training batch norm and epilogue in PyTorch instead of
+  cpu/norm-in-torch  the fused convolution with the training batch norm and epilogue in PyTorch instead of
              diffupose::norm_act (what the CPU layer ran before that op): what the op buys
   cpu+compile (cuda+compile, ...)  the fused ops with the rest of the forward and the loss
              through torch.compile the same way (fullgraph: the ops have fake kernels, so the graph
@@ -49,33 +51,42 @@ from diffupose.training import adam, amp_dtype  # noqa: E402
 
 
 @contextlib.contextmanager
-def norm_in_torch():
-    """ChannelBatchNorm.forward_fused as the PyTorch chain it replaces (F.batch_norm, FiLM, act, residual)."""
-    fused = layers.ChannelBatchNorm.forward_fused
-
-    def chain(self, pre, scale_shift, residual, act, backend=None):
-        return epilogue_ref(self(pre), scale_shift, residual, act)
-
-    layers.ChannelBatchNorm.forward_fused = chain
+def layer_as(form):
+    """The CPU training layer with a batch norm (ModulatedGraphConv.train_norm_cpu: ops.mgcn_norm)
+    swapped for another form of the same math."""
+    fused = layers.ModulatedGraphConv.train_norm_cpu
+    layers.ModulatedGraphConv.train_norm_cpu = form
     try:
         yield
     finally:
-        layers.ChannelBatchNorm.forward_fused = fused
+        layers.ModulatedGraphConv.train_norm_cpu = fused
+
+
+def _norm_in_torch(self, x, scale_shift, residual, backend):
+    """The convolution as the fused op, then F.batch_norm, FiLM, act and residual in PyTorch."""
+    pre = ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, None, None, "none", backend)
+    return epilogue_ref(self.norm(pre), scale_shift, residual, self.act)
 
 
 @contextlib.contextmanager
 def one_gemm():
-    """The CPU graph convolution's training GEMMs as one threaded BLAS call each (before group GEMMs)."""
+    """The layer as two ops (mgcn, norm_act) with the CPU graph convolution's training GEMMs as one
+    threaded BLAS call each (before group GEMMs)."""
     from diffupose import _C
 
     was = _C.set_mgcn_group_gemm(False)
     try:
-        yield
+        with layer_as(layers.ModulatedGraphConv.train_norm_two_ops):
+            yield
     finally:
         _C.set_mgcn_group_gemm(was)
 
 
-CPU_VARIANTS = {"cpu/norm-in-torch": norm_in_torch, "cpu/one-gemm": one_gemm}  # row -> the context it runs in
+CPU_VARIANTS = {  # row -> the context it runs in
+    "cpu/two-ops": lambda: layer_as(layers.ModulatedGraphConv.train_norm_two_ops),
+    "cpu/norm-in-torch": lambda: layer_as(_norm_in_torch),
+    "cpu/one-gemm": one_gemm,
+}
 
 
 def build_step(backend, args, device, compiled=False, context=contextlib.nullcontext):

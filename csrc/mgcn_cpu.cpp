@@ -41,11 +41,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/mgcn_math.h"
 #include "cpu/flush_denormals.h"
 #include "cpu/mgcn_rows.h"
+#include "cpu/norm_act_impl.h"
 #include "cpu/parallel_claim.h"
 #include "mgcn_check.h"
 #define DP_ROWS_NS base
@@ -252,10 +254,11 @@ struct FwdScratch {
   FwdScratch(int64_t J, int64_t C) : prej(J * C), g1(J * C), u(C), sc1(C), sh(C) {}
 };
 
-// One sample: h [J, 2 Cout] its rows of H; out, pre (nullable), res (nullable) [J, Cout].
+// One sample: h [J, 2 Cout] its rows of H; out, pre (nullable), res (nullable) [J, Cout]; stats
+// (nullable: mgcn_norm_fwd) [2, Cout] += the sum and the sum of squares of out's rows as stored.
 template <typename T, typename xt>
 void fwd_sample(const Params<T>& p, const T* h, bool has_ss, const xt* res, xt* out, xt* pre, int64_t J,
-                int64_t Cout, int act, FwdScratch<T>& w) {
+                int64_t Cout, int act, FwdScratch<T>& w, double* stats) {
   rows_of<T>().agg_fwd(w.prej.data(), w.g1.data(), h, h + Cout, 2 * Cout, p.mp, p.ap, p.biasp, J, Cout);
   for (int64_t j = 0; j < J; ++j) {
     const int64_t o = j * Cout;
@@ -271,20 +274,29 @@ void fwd_sample(const Params<T>& p, const T* h, bool has_ss, const xt* res, xt* 
       for (int64_t c = 0; c < Cout; ++c) out[o + c] = static_cast<xt>(u[c] + static_cast<T>(res[o + c]));
     else
       for (int64_t c = 0; c < Cout; ++c) out[o + c] = static_cast<xt>(u[c]);
+    if (stats) {  // the batch norm's statistics of the row as stored (rounded, for half outputs)
+      if constexpr (std::is_same_v<T, xt>) {
+        rows_of<T>().norm_stats(stats, stats + Cout, out + o, Cout);
+      } else {
+        for (int64_t c = 0; c < Cout; ++c) w.u[c] = static_cast<T>(out[o + c]);
+        rows_of<T>().norm_stats(stats, stats + Cout, w.u.data(), Cout);
+      }
+    }
   }
 }
 
 // Samples [s0, s1) of a chunk whose H rows start at hp (sample b0 + s at hp + s JH).
 template <typename T, typename xt>
 void fwd_samples(const Params<T>& p, const T* hp, int64_t b0, int64_t s0, int64_t s1, const xt* ss, int64_t ss_rows,
-                 const xt* res, xt* out, xt* pre, int64_t J, int64_t Cout, int act, FwdScratch<T>& w) {
+                 const xt* res, xt* out, xt* pre, int64_t J, int64_t Cout, int act, FwdScratch<T>& w,
+                 double* stats = nullptr) {
   const int64_t JC = J * Cout, JH = 2 * JC;
   for (int64_t s = s0; s < s1; ++s) {
     const int64_t b = b0 + s;
     if (ss_rows && (ss_rows > 1 || s == s0))  // a broadcast row: once per range
       load_scale_shift(w.sc1.data(), w.sh.data(), ss + (ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
     fwd_sample<T, xt>(p, hp + s * JH, ss_rows > 0, res ? res + b * JC : nullptr, out + b * JC,
-                      pre ? pre + b * JC : nullptr, J, Cout, act, w);
+                      pre ? pre + b * JC : nullptr, J, Cout, act, w, stats);
   }
 }
 
@@ -293,11 +305,14 @@ void fwd_samples(const Params<T>& p, const T* hp, int64_t b0, int64_t s0, int64_
 // each thread runs its groups' GEMMs itself (BLAS called inside the region runs single-threaded)
 // and aggregates them while their H is in its cache: one fork-join per op instead of BLAS's own
 // and ours, no threaded BLAS waiting at barriers for a descheduled sibling.
+// stats (mgcn_norm_fwd; always by groups): [groups, 2, Cout] doubles, group g's sums of out's rows
+// and of their squares (fwd_sample), for the batch norm after the convolution.
 template <typename xt>
 void mgcn_fwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& p, const xt* ss, int64_t ss_rows,
-                       const xt* res, xt* out, xt* pre, at::Tensor keep, int64_t B, int64_t J, int64_t Cout, int act) {
+                       const xt* res, xt* out, xt* pre, at::Tensor keep, int64_t B, int64_t J, int64_t Cout, int act,
+                       double* stats = nullptr) {
   using T = at::opmath_type<xt>;
-  if (keep.defined() && group_gemm_flag()) {
+  if (keep.defined() && (group_gemm_flag() || stats)) {
     const int64_t G = group_samples(B, J);
     const int64_t groups = (B + G - 1) / G;
     parallel_claim(groups, [&](const auto& next) {
@@ -307,7 +322,9 @@ void mgcn_fwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& 
         const int64_t b0 = g * G, nb = std::min(G, B - b0);
         at::Tensor hc = keep.narrow(0, b0 * J, nb * J);
         at::mm_out(hc, xw.narrow(0, b0 * J, nb * J), p.wcat);
-        fwd_samples<T, xt>(p, hc.data_ptr<T>(), b0, 0, nb, ss, ss_rows, res, out, pre, J, Cout, act, w);
+        double* st = stats ? stats + g * 2 * Cout : nullptr;
+        if (st) std::fill(st, st + 2 * Cout, 0.0);
+        fwd_samples<T, xt>(p, hc.data_ptr<T>(), b0, 0, nb, ss, ss_rows, res, out, pre, J, Cout, act, w, st);
       }
     });
     return;
@@ -377,17 +394,34 @@ struct BwdScratch {
       : dpre(J * C), g1(J * C), pv(C), u(C), sc1(C), sh(C), da_lanes(J * J * kDaLanes, T(0)) {}
 };
 
+// mgcn_norm_bwd: the gradient reaching the convolution's out is the batch norm's dpre, made from
+// the norm's dy and its input (the convolution's out) as each sample's rows are loaded
+// (norm_act_impl::NormDpre), not in a pass of its own. Null for the plain op.
+template <typename T, typename xt>
+struct DpreOfNorm {
+  const T* dy;       // [B, J, Cout] opmath
+  const xt* normin;  // [B, J, Cout]
+  const norm_act_impl::NormDpre<T>* coefs;
+};
+
 // One sample. h: its rows of H [J, 2 Cout] (h_next: the next sample's, prefetched; nullable);
-// g, pre: of grad_out and pre [J, Cout]; dh: its rows of the output dH [J, 2 Cout]; dsc: where its
-// dscale_shift [2, Cout] accumulates (nullable).
+// g, pre: of grad_out and pre [J, Cout] (dy, nin instead of g when dn: the norm's rows of the
+// sample); dh: its rows of the output dH [J, 2 Cout]; dsc: where its dscale_shift [2, Cout]
+// accumulates (nullable).
 template <typename T, typename xt>
 void bwd_sample(const Params<T>& p, const T* h, const T* h_next, const xt* g, const xt* pre, bool has_ss, T* dsc,
-                T* dh, const BwdSlot<T>& slot, int64_t J, int64_t Cout, int act, BwdScratch<T>& w) {
+                T* dh, const BwdSlot<T>& slot, int64_t J, int64_t Cout, int act, BwdScratch<T>& w,
+                const DpreOfNorm<T, xt>* dn, const T* dy, const xt* nin) {
   // dpre through the epilogue; dscale_shift and dbias
   for (int64_t j = 0; j < J; ++j) {
     const int64_t o = j * Cout;
     T* dz = w.dpre.data() + o;  // dz first, dpre = dz * (1 + scale) in place below
-    for (int64_t c = 0; c < Cout; ++c) dz[c] = static_cast<T>(g[o + c]);
+    if (dn) {
+      std::copy(dy + o, dy + o + Cout, dz);
+      dn->coefs->row(dz, norm_act_impl::opmath_row<T, xt>(nin + o, w.pv.data(), Cout), Cout);
+    } else {
+      for (int64_t c = 0; c < Cout; ++c) dz[c] = static_cast<T>(g[o + c]);
+    }
     if (act != kActNone || has_ss) {  // pre is read only where the epilogue is not the identity
       for (int64_t c = 0; c < Cout; ++c) w.pv[c] = static_cast<T>(pre[o + c]);
       rows_of<T>().bwd(dz, w.u.data(), w.pv.data(), has_ss ? w.sc1.data() : nullptr, w.sh.data(), Cout, act);
@@ -404,6 +438,125 @@ void bwd_sample(const Params<T>& p, const T* h, const T* h_next, const xt* g, co
                        p.mp, p.ap, J, Cout, h_next, h_next ? 2 * J * Cout : 0);
 }
 
+// The backward's body for one dtype (mgcn_bwd_cpu; mgcn_norm_bwd_cpu with dn). g: grad_out
+// (unused with dn), pre: the saved pre (empty where the epilogue is the identity and not read).
+template <typename xt>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mgcn_bwd_typed(
+    const MgcnDims& d, const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& m,
+    const at::Tensor& a, const at::Tensor& pre, const at::Tensor& h_, const at::Tensor& ss, int64_t act,
+    const DpreOfNorm<at::opmath_type<xt>, xt>* dn) {
+  using T = at::opmath_type<xt>;
+  const int64_t B = d.B, J = d.J, Cout = d.Cout, JC = J * Cout, JH = 2 * JC;
+  at::Tensor dx, dw, dm, da, dbias, dss;
+  const at::ScalarType op = c10::CppTypeToScalarType<T>::value;
+  const auto o = x.options().dtype(op);
+  const Params<T> p = widen<T>(w, m, a, nullptr, op);
+  const at::Tensor xw = x.view({B * J, d.Cin}).to(op);
+  // H as the forward kept it, else computed again (one GEMM)
+  const at::Tensor H = h_.numel() > 0 ? h_.detach().to(op).contiguous() : at::mm(xw, p.wcat);
+  const int64_t tiles = (B + kTileSamples - 1) / kTileSamples;
+  // per-tile slots, zeroed: [tiles, J*Cout + J*J + Cout + 2*Cout]
+  const int64_t slot_len = JC + J * J + Cout + (d.ss_rows == 1 ? 2 * Cout : 0);
+  // zeroed by their tiles inside the parallel region below (an at::zeros would be one more
+  // fork-join, where a descheduled sibling thread costs a whole time slice)
+  at::Tensor slots = at::empty({tiles, slot_len}, o);
+  at::Tensor dssb = d.ss_rows > 1 ? at::empty({B, 2, Cout}, o) : at::Tensor();
+  T* slotp = slots.data_ptr<T>();
+  const xt* gp = dn ? nullptr : g.data_ptr<xt>();
+  const xt* prep = pre.numel() ? pre.data_ptr<xt>() : nullptr;
+  const xt* ssp = d.ss_rows ? ss.data_ptr<xt>() : nullptr;
+  const T* hp = H.data_ptr<T>();
+  T* dssbp = dssb.defined() ? dssb.data_ptr<T>() : nullptr;
+  // tiles [t0, t1); sample b's dH rows at dh + (b - b_dh) JH (dH itself, or a group's scratch)
+  auto tiles_of = [&](int64_t t0, int64_t t1, BwdScratch<T>& sc, T* dh, int64_t b_dh) {
+    for (int64_t t = t0; t < t1; ++t) {
+      T* base = slotp + t * slot_len;
+      std::fill(base, base + slot_len, T(0));
+      const BwdSlot<T> slot{base, base + JC, base + JC + J * J,
+                            d.ss_rows == 1 ? base + JC + J * J + Cout : nullptr};
+      const int64_t s_begin = t * kTileSamples, s_end = std::min(B, s_begin + kTileSamples);
+      if (dssbp) std::fill(dssbp + s_begin * 2 * Cout, dssbp + s_end * 2 * Cout, T(0));
+      for (int64_t b = s_begin; b < s_end; ++b) {
+        if (d.ss_rows && (d.ss_rows > 1 || b == s_begin))
+          load_scale_shift(sc.sc1.data(), sc.sh.data(), ssp + (d.ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
+        T* dsc = d.ss_rows == 1 ? slot.dss : (d.ss_rows ? dssbp + b * 2 * Cout : nullptr);
+        bwd_sample<T, xt>(p, hp + b * JH, b + 1 < B ? hp + (b + 1) * JH : nullptr, gp + b * JC, prep + b * JC,
+                          d.ss_rows > 0, dsc, dh + (b - b_dh) * JH, slot, J, Cout, static_cast<int>(act), sc, dn,
+                          dn ? dn->dy + b * JC : nullptr, dn ? dn->normin + b * JC : nullptr);
+      }
+      rows_of<T>().agg_bwd_flush(slot.da, sc.da_lanes.data(), J);
+    }
+  };
+  at::Tensor dxw;       // [B*J, Cin] opmath
+  at::Tensor dw_parts;  // [parts, Cin, 2 Cout]: d[w0 | w1]'s per-group partials, or itself as one part
+  if (group_gemm_flag()) {
+    // per group (mgcn_fwd_cpu_impl's groups): its tiles, then dx of its rows and its partial
+    // d[w0 | w1], in its thread, while its dH is in cache; the partials summed in group order
+    const int64_t G = group_samples(B, J), groups = (B + G - 1) / G;
+    dxw = at::empty({B * J, d.Cin}, o);
+    at::Tensor dwg = at::empty({groups, d.Cin, 2 * Cout}, o);
+    const at::Tensor wt = p.wcat.t();
+    parallel_claim(groups, [&](const auto& next) {
+      const ScopedFlushDenormals ftz;
+      BwdScratch<T> sc(J, Cout);
+      // the group's dH [G J, 2 Cout], reused by the thread's groups: it lives from the tiles to
+      // the two GEMMs only, so it stays in the core's cache (~0.5 MB at Cout 128) and never
+      // goes to memory (a batch-wide dH was 2 B J Cout floats written and read back per layer)
+      at::Tensor dHs = at::empty({std::min(G, B) * J, 2 * Cout}, o);
+      for (int64_t g; (g = next()) < groups;) {
+        const int64_t b0 = g * G, nb = std::min(G, B - b0);
+        tiles_of(b0 / kTileSamples, (b0 + nb + kTileSamples - 1) / kTileSamples, sc, dHs.data_ptr<T>(), b0);
+        const at::Tensor dHg = dHs.narrow(0, 0, nb * J);
+        at::Tensor dxg = dxw.narrow(0, b0 * J, nb * J), dwgg = dwg.select(0, g);
+        at::mm_out(dxg, dHg, wt);
+        at::mm_out(dwgg, xw.narrow(0, b0 * J, nb * J).t(), dHg);
+      }
+    });
+    dw_parts = dwg;  // summed in group order below
+  } else {
+    at::Tensor dH = at::empty({B * J, 2 * Cout}, o);
+    at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+      const ScopedFlushDenormals ftz;
+      BwdScratch<T> sc(J, Cout);
+      tiles_of(t0, t1, sc, dH.data_ptr<T>(), 0);
+    });
+    dxw = at::mm(dH, p.wcat.t());
+    dw_parts = at::mm(xw.t(), dH).unsqueeze(0);  // d[w0 | w1] itself: one part
+  }
+  // The ordered sums in one region (ATen sums and a permuted copy were three): the slots over the
+  // tiles, and d[w0 | w1] [Cin, 2 Cout] over its parts, each row's halves put straight into dw's
+  // [2, Cin, Cout] layout.
+  at::Tensor tot = at::empty({slot_len}, o), dwt = at::empty({2, d.Cin, Cout}, o);
+  constexpr int64_t kCols = 512;  // slot columns per item
+  const int64_t Cin = d.Cin, dw_n = 2 * Cout, slot_items = (slot_len + kCols - 1) / kCols, items = slot_items + Cin;
+  const T* partp = dw_parts.data_ptr<T>();
+  T *totp = tot.data_ptr<T>(), *dwp = dwt.data_ptr<T>();
+  parallel_claim(items, [&](const auto& next) {
+    std::vector<T> row(dw_n);
+    for (int64_t it; (it = next()) < items;) {
+      if (it < slot_items) {
+        const int64_t c0 = it * kCols;
+        sum_parts(totp + c0, slotp + c0, tiles, slot_len, std::min(kCols, slot_len - c0));
+      } else {  // row i of d[w0 | w1]
+        const int64_t i = it - slot_items;
+        sum_parts(row.data(), partp + i * dw_n, dw_parts.size(0), Cin * dw_n, dw_n);
+        std::copy(row.begin(), row.begin() + Cout, dwp + i * Cout);
+        std::copy(row.begin() + Cout, row.end(), dwp + (Cin + i) * Cout);
+      }
+    }
+  });
+  dw = dwt.to(w.scalar_type());
+  dx = dxw.view({B, J, d.Cin}).to(x.scalar_type());
+  dm = tot.narrow(0, 0, JC).view({J, Cout}).to(m.scalar_type());
+  da = tot.narrow(0, JC, J * J).view({J, J}).to(a.scalar_type());
+  dbias = tot.narrow(0, JC + J * J, Cout).to(w.scalar_type());
+  if (d.ss_rows == 1) dss = tot.narrow(0, JC + J * J + Cout, 2 * Cout).view({1, 2, Cout}).to(ss.scalar_type());
+  else if (d.ss_rows > 1) dss = dssb.to(ss.scalar_type());
+  else if (ss.defined()) dss = at::zeros_like(ss);  // an empty batch's empty scale_shift
+  else dss = at::empty({0}, x.options());
+  return {dx, dw, dm, da, dbias, dss};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mgcn_bwd_cpu(
     const at::Tensor& grad_out_, const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& m_, const at::Tensor& a_,
     const at::Tensor& pre_, const at::Tensor& h_, const c10::optional<at::Tensor>& scale_shift, int64_t act) {
@@ -413,119 +566,113 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor x = x_.detach().contiguous(), g = grad_out_.detach().to(x.scalar_type()).contiguous(),
                    pre = pre_.detach().to(x.scalar_type()).contiguous();
   const at::Tensor ss = scale_shift.has_value() ? scale_shift->detach().contiguous() : at::Tensor();
-  const int64_t B = d.B, J = d.J, Cout = d.Cout, JC = J * Cout, JH = 2 * JC;
-  at::Tensor dx, dw, dm, da, dbias, dss;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mgcn_bwd_cpu", [&] {
+    r = mgcn_bwd_typed<scalar_t>(d, g, x, w, m, a, pre, h_, ss, act, nullptr);
+  });
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the convolution with a training batch norm after it: diffupose::mgcn_norm_fwd / _bwd
+// ---------------------------------------------------------------------------------------------
+// A training layer with a batch norm ran mgcn_fwd (act none) then norm_act_fwd: four regions and
+// five passes over [B, J, C] forward (out and pre written alike, two passes of statistics, the
+// epilogue), and in the backward norm_act's two passes plus the convolution's. Fused: the
+// statistics accumulate in the convolution's group region while each row is in cache (in double,
+// per group, summed in group order: one pass without cancellation, independent of the thread
+// count), the normalisation and epilogue follow in one region (cpu/norm_act_impl.h); backward, the
+// norm's first pass, then the convolution's backward loads dpre from the norm's dy and input as it
+// goes (DpreOfNorm) instead of a pass writing it. pre (the norm's input) is saved once.
+void check_norm_params(const MgcnDims& d, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta) {
+  for (const at::Tensor* t : {&gamma, &beta})
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == d.Cout && t->is_floating_point() && t->device() == x.device(),
+                "mgcn_norm: gamma and beta must be [", d.Cout, "] floats on ", x.device(), ", got ", t->sizes());
+  TORCH_CHECK(d.B * d.J > 1, "mgcn_norm: a batch norm in training needs more than one row per channel, got ",
+              x.sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mgcn_norm_fwd_cpu(
+    const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& m_, const at::Tensor& a_, const at::Tensor& bias_,
+    const at::Tensor& gamma, const at::Tensor& beta, const c10::optional<at::Tensor>& scale_shift,
+    const c10::optional<at::Tensor>& residual, int64_t act, double eps) {
+  const MgcnDims d = check_mgcn_args(x_, w_, m_, a_, scale_shift, act);
+  check_mgcn_fwd_args(d, x_, bias_, residual);
+  check_norm_params(d, x_, gamma, beta);
+  const at::Tensor w = w_.detach(), m = m_.detach(), a = a_.detach(), bias = bias_.detach();  // see mgcn_fwd_cpu
+  const at::Tensor x = x_.detach().contiguous();
+  const at::Tensor ss = scale_shift.has_value() ? scale_shift->detach().contiguous() : at::Tensor();
+  const at::Tensor res = residual.has_value() ? residual->detach().contiguous() : at::Tensor();
+  const int64_t B = d.B, J = d.J, Cout = d.Cout;
+  at::Tensor pre = at::empty({B, J, Cout}, x.options()), out = at::empty_like(pre), mean, var;
+  const at::ScalarType opt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // opmath
+  at::Tensor h = at::empty({B * J, 2 * Cout}, x.options().dtype(opt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mgcn_norm_fwd_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     using xt = scalar_t;
     const at::ScalarType op = c10::CppTypeToScalarType<T>::value;
-    const auto o = x.options().dtype(op);
-    const Params<T> p = widen<T>(w, m, a, nullptr, op);
+    const Params<T> p = widen<T>(w, m, a, &bias, op);
     const at::Tensor xw = x.view({B * J, d.Cin}).to(op);
-    // H as the forward kept it, else computed again (one GEMM)
-    const at::Tensor H = h_.numel() > 0 ? h_.detach().to(op).contiguous() : at::mm(xw, p.wcat);
-    const int64_t tiles = (B + kTileSamples - 1) / kTileSamples;
-    // per-tile slots, zeroed: [tiles, J*Cout + J*J + Cout + 2*Cout]
-    const int64_t slot_len = JC + J * J + Cout + (d.ss_rows == 1 ? 2 * Cout : 0);
-    // zeroed by their tiles inside the parallel region below (an at::zeros would be one more
-    // fork-join, where a descheduled sibling thread costs a whole time slice)
-    at::Tensor slots = at::empty({tiles, slot_len}, o);
-    at::Tensor dssb = d.ss_rows > 1 ? at::empty({B, 2, Cout}, o) : at::Tensor();
-    T* slotp = slots.data_ptr<T>();
-    const xt* gp = g.data_ptr<xt>();
-    const xt* prep = pre.data_ptr<xt>();
-    const xt* ssp = d.ss_rows ? ss.data_ptr<xt>() : nullptr;
-    const T* hp = H.data_ptr<T>();
-    T* dssbp = dssb.defined() ? dssb.data_ptr<T>() : nullptr;
-    // tiles [t0, t1); sample b's dH rows at dh + (b - b_dh) JH (dH itself, or a group's scratch)
-    auto tiles_of = [&](int64_t t0, int64_t t1, BwdScratch<T>& sc, T* dh, int64_t b_dh) {
-      for (int64_t t = t0; t < t1; ++t) {
-        T* base = slotp + t * slot_len;
-        std::fill(base, base + slot_len, T(0));
-        const BwdSlot<T> slot{base, base + JC, base + JC + J * J,
-                              d.ss_rows == 1 ? base + JC + J * J + Cout : nullptr};
-        const int64_t s_begin = t * kTileSamples, s_end = std::min(B, s_begin + kTileSamples);
-        if (dssbp) std::fill(dssbp + s_begin * 2 * Cout, dssbp + s_end * 2 * Cout, T(0));
-        for (int64_t b = s_begin; b < s_end; ++b) {
-          if (d.ss_rows && (d.ss_rows > 1 || b == s_begin))
-            load_scale_shift(sc.sc1.data(), sc.sh.data(), ssp + (d.ss_rows == 1 ? 0 : b) * 2 * Cout, Cout);
-          T* dsc = d.ss_rows == 1 ? slot.dss : (d.ss_rows ? dssbp + b * 2 * Cout : nullptr);
-          bwd_sample<T, xt>(p, hp + b * JH, b + 1 < B ? hp + (b + 1) * JH : nullptr, gp + b * JC, prep + b * JC,
-                            d.ss_rows > 0, dsc, dh + (b - b_dh) * JH, slot, J,
-                            Cout, static_cast<int>(act), sc);
-        }
-        rows_of<T>().agg_bwd_flush(slot.da, sc.da_lanes.data(), J);
-      }
-    };
-    at::Tensor dxw;       // [B*J, Cin] opmath
-    at::Tensor dw_parts;  // [parts, Cin, 2 Cout]: d[w0 | w1]'s per-group partials, or itself as one part
-    if (group_gemm_flag()) {
-      // per group (mgcn_fwd_cpu_impl's groups): its tiles, then dx of its rows and its partial
-      // d[w0 | w1], in its thread, while its dH is in cache; the partials summed in group order
-      const int64_t G = group_samples(B, J), groups = (B + G - 1) / G;
-      dxw = at::empty({B * J, d.Cin}, o);
-      at::Tensor dwg = at::empty({groups, d.Cin, 2 * Cout}, o);
-      const at::Tensor wt = p.wcat.t();
-      parallel_claim(groups, [&](const auto& next) {
-        const ScopedFlushDenormals ftz;
-        BwdScratch<T> sc(J, Cout);
-        // the group's dH [G J, 2 Cout], reused by the thread's groups: it lives from the tiles to
-        // the two GEMMs only, so it stays in the core's cache (~0.5 MB at Cout 128) and never
-        // goes to memory (a batch-wide dH was 2 B J Cout floats written and read back per layer)
-        at::Tensor dHs = at::empty({std::min(G, B) * J, 2 * Cout}, o);
-        for (int64_t g; (g = next()) < groups;) {
-          const int64_t b0 = g * G, nb = std::min(G, B - b0);
-          tiles_of(b0 / kTileSamples, (b0 + nb + kTileSamples - 1) / kTileSamples, sc, dHs.data_ptr<T>(), b0);
-          const at::Tensor dHg = dHs.narrow(0, 0, nb * J);
-          at::Tensor dxg = dxw.narrow(0, b0 * J, nb * J), dwgg = dwg.select(0, g);
-          at::mm_out(dxg, dHg, wt);
-          at::mm_out(dwgg, xw.narrow(0, b0 * J, nb * J).t(), dHg);
-        }
-      });
-      dw_parts = dwg;  // summed in group order below
-    } else {
-      at::Tensor dH = at::empty({B * J, 2 * Cout}, o);
-      at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-        const ScopedFlushDenormals ftz;
-        BwdScratch<T> sc(J, Cout);
-        tiles_of(t0, t1, sc, dH.data_ptr<T>(), 0);
-      });
-      dxw = at::mm(dH, p.wcat.t());
-      dw_parts = at::mm(xw.t(), dH).unsqueeze(0);  // d[w0 | w1] itself: one part
+    const int64_t groups = (B + group_samples(B, J) - 1) / group_samples(B, J);
+    at::Tensor stats = at::empty({groups, 2, Cout}, x.options().dtype(at::kDouble));  // zeroed per group
+    mgcn_fwd_cpu_impl<xt>(xw, p, nullptr, 0, nullptr, pre.data_ptr<xt>(), nullptr, h, B, J, Cout, kActNone,
+                          stats.data_ptr<double>());
+    std::vector<double> tot(2 * Cout);
+    sum_parts(tot.data(), stats.data_ptr<double>(), groups, 2 * Cout, 2 * Cout);  // in group order
+    mean = at::empty({Cout}, x.options().dtype(op));
+    var = at::empty({Cout}, x.options().dtype(op));
+    T *mp = mean.data_ptr<T>(), *vp = var.data_ptr<T>();
+    const double n = static_cast<double>(B * J);
+    for (int64_t c = 0; c < Cout; ++c) {
+      const double mu = tot[c] / n;
+      mp[c] = static_cast<T>(mu);
+      vp[c] = static_cast<T>(std::max(tot[Cout + c] / n - mu * mu, 0.0));
     }
-    // The ordered sums in one region (ATen sums and a permuted copy were three): the slots over the
-    // tiles, and d[w0 | w1] [Cin, 2 Cout] over its parts, each row's halves put straight into dw's
-    // [2, Cin, Cout] layout.
-    at::Tensor tot = at::empty({slot_len}, o), dwt = at::empty({2, d.Cin, Cout}, o);
-    constexpr int64_t kCols = 512;  // slot columns per item
-    const int64_t Cin = d.Cin, dw_n = 2 * Cout, slot_items = (slot_len + kCols - 1) / kCols, items = slot_items + Cin;
-    const T* partp = dw_parts.data_ptr<T>();
-    T *totp = tot.data_ptr<T>(), *dwp = dwt.data_ptr<T>();
-    parallel_claim(items, [&](const auto& next) {
-      std::vector<T> row(dw_n);
-      for (int64_t it; (it = next()) < items;) {
-        if (it < slot_items) {
-          const int64_t c0 = it * kCols;
-          sum_parts(totp + c0, slotp + c0, tiles, slot_len, std::min(kCols, slot_len - c0));
-        } else {  // row i of d[w0 | w1]
-          const int64_t i = it - slot_items;
-          sum_parts(row.data(), partp + i * dw_n, dw_parts.size(0), Cin * dw_n, dw_n);
-          std::copy(row.begin(), row.begin() + Cout, dwp + i * Cout);
-          std::copy(row.begin() + Cout, row.end(), dwp + (Cin + i) * Cout);
-        }
-      }
-    });
-    dw = dwt.to(w.scalar_type());
-    dx = dxw.view({B, J, d.Cin}).to(x.scalar_type());
-    dm = tot.narrow(0, 0, JC).view({J, Cout}).to(m.scalar_type());
-    da = tot.narrow(0, JC, J * J).view({J, J}).to(a.scalar_type());
-    dbias = tot.narrow(0, JC + J * J, Cout).to(w.scalar_type());
-    if (d.ss_rows == 1) dss = tot.narrow(0, JC + J * J + Cout, 2 * Cout).view({1, 2, Cout}).to(ss.scalar_type());
-    else if (d.ss_rows > 1) dss = dssb.to(ss.scalar_type());
-    else if (ss.defined()) dss = at::zeros_like(ss);  // an empty batch's empty scale_shift
-    else dss = at::empty({0}, x.options());
+    const norm_act_impl::NormMap<T> nm = norm_act_impl::norm_map<T>(mean, var, gamma, beta, eps, op);
+    norm_act_impl::norm_apply<T, xt>(pre.data_ptr<xt>(), nm.k.data_ptr<T>(), nm.c0.data_ptr<T>(),
+                                     d.ss_rows ? ss.data_ptr<xt>() : nullptr, d.ss_rows,
+                                     res.defined() ? res.data_ptr<xt>() : nullptr, out.data_ptr<xt>(), B, J, Cout,
+                                     static_cast<int>(act));
   });
-  return {dx, dw, dm, da, dbias, dss};
+  return {out, pre, h, mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+mgcn_norm_bwd_cpu(const at::Tensor& grad_out_, const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& m_,
+                  const at::Tensor& a_, const at::Tensor& pre_, const at::Tensor& h_, const at::Tensor& gamma,
+                  const at::Tensor& beta, const at::Tensor& mean_, const at::Tensor& var_,
+                  const c10::optional<at::Tensor>& scale_shift, int64_t act, double eps) {
+  const MgcnDims d = check_mgcn_args(x_, w_, m_, a_, scale_shift, act);
+  check_mgcn_bwd_args(d, grad_out_, pre_, h_);
+  check_norm_params(d, x_, gamma, beta);
+  TORCH_CHECK(mean_.dim() == 1 && mean_.size(0) == d.Cout && var_.dim() == 1 && var_.size(0) == d.Cout,
+              "mgcn_norm_bwd: mean and var must be [", d.Cout, "]");
+  const at::Tensor w = w_.detach(), m = m_.detach(), a = a_.detach();
+  const at::Tensor x = x_.detach().contiguous(), g = grad_out_.detach().to(x.scalar_type()).contiguous(),
+                   pre = pre_.detach().to(x.scalar_type()).contiguous();
+  const at::Tensor ss = scale_shift.has_value() ? scale_shift->detach().contiguous() : at::Tensor();
+  const int64_t B = d.B, J = d.J, Cout = d.Cout;
+  at::Tensor dx, dw, dm, da, dbias, dgamma, dbeta, dss;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mgcn_norm_bwd_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    using xt = scalar_t;
+    namespace na = norm_act_impl;
+    const at::ScalarType op = c10::CppTypeToScalarType<T>::value;
+    const at::Tensor mean = mean_.detach().to(op).contiguous();
+    const T* mu = mean.data_ptr<T>();
+    const na::NormMap<T> nm = na::norm_map<T>(mean, var_.detach(), gamma, beta, eps, op);
+    const na::NormDy<T> nd = na::norm_dy<T, xt>(g.data_ptr<xt>(), pre.data_ptr<xt>(), nm, mu,
+                                                d.ss_rows ? ss.data_ptr<xt>() : nullptr, d.ss_rows, B, J, Cout,
+                                                static_cast<int>(act), x.options().dtype(op));
+    const na::NormDpre<T> dp = na::norm_dpre_coefs<T>(nm, mu, nd.tot, gamma, B * J, op);
+    const DpreOfNorm<T, xt> dn{nd.dy.data_ptr<T>(), pre.data_ptr<xt>(), &dp};
+    MgcnDims conv = d;
+    conv.ss_rows = 0;  // the convolution's own epilogue is the identity: its pre is not read
+    std::tie(dx, dw, dm, da, dbias, std::ignore) =
+        mgcn_bwd_typed<xt>(conv, g, x, w, m, a, at::Tensor(), h_, at::Tensor(), kActNone, &dn);
+    std::tie(dgamma, dbeta, dss) = na::norm_param_grads<T>(nd, Cout, gamma, beta, ss, d.ss_rows, x.options());
+  });
+  return {dx, dw, dm, da, dbias, dgamma, dbeta, dss};
 }
 
 }  // namespace
@@ -533,6 +680,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 TORCH_LIBRARY_IMPL(diffupose, CPU, m) {
   m.impl("mgcn_fwd", &mgcn_fwd_cpu);
   m.impl("mgcn_bwd", &mgcn_bwd_cpu);
+  m.impl("mgcn_norm_fwd", &mgcn_norm_fwd_cpu);
+  m.impl("mgcn_norm_bwd", &mgcn_norm_bwd_cpu);
 }
 
 }  // namespace diffupose

@@ -21,6 +21,18 @@ TORCH_LIBRARY(diffupose, m) {
   m.def("mgcn_bwd(Tensor grad_out, Tensor x, Tensor w, Tensor m, Tensor a, Tensor pre, Tensor h, "
         "Tensor? scale_shift, int act) -> (Tensor dx, Tensor dw, Tensor dm, Tensor da, "
         "Tensor dbias, Tensor dscale_shift)");
+  // mgcn_fwd (act none, no scale_shift or residual) then norm_act_fwd on its out, as one op (a
+  // training layer with a batch norm; CPU kernel only, csrc/mgcn_cpu.cpp): out as norm_act_fwd's,
+  // pre = the convolution's out (the norm's input), h as mgcn_fwd keeps it, mean and var as
+  // norm_act_fwd's.
+  m.def("mgcn_norm_fwd(Tensor x, Tensor w, Tensor m, Tensor a, Tensor bias, Tensor gamma, Tensor beta, "
+        "Tensor? scale_shift, Tensor? residual, int act, float eps) -> (Tensor out, Tensor pre, Tensor h, "
+        "Tensor mean, Tensor var)");
+  // Its gradients: (dx, dw, dm, da, dbias, dgamma, dbeta, dscale_shift), dscale_shift empty without
+  // a scale_shift; the residual's gradient is grad_out itself.
+  m.def("mgcn_norm_bwd(Tensor grad_out, Tensor x, Tensor w, Tensor m, Tensor a, Tensor pre, Tensor h, "
+        "Tensor gamma, Tensor beta, Tensor mean, Tensor var, Tensor? scale_shift, int act, float eps) -> "
+        "(Tensor dx, Tensor dw, Tensor dm, Tensor da, Tensor dbias, Tensor dgamma, Tensor dbeta, Tensor dscale_shift)");
   // Training-mode batch norm over the B*J rows of pre [B, J, C] with the epilogue of mgcn_fwd:
   //   out = act(((pre - mean) * rsqrt(var + eps) * gamma + beta) * (1 + scale) + shift) + residual
   // mean, var: the batch's per-channel mean and biased variance [C], in the accumulation dtype

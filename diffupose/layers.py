@@ -107,14 +107,30 @@ class ModulatedGraphConv(nn.Module):
         if self.norm is None or (isinstance(self.norm, ChannelBatchNorm) and not self.training):
             w, bias = self.folded()  # inference: the normalisation is in the weights, one fused op
             return ops.mgcn(x, w, self.M, self.affinity(), bias, scale_shift, residual, self.act, backend)
-        # training (batch statistics), or a layer norm (data-dependent, cannot be folded): the op
-        # computes `pre`, then the normalisation and the epilogue: one more fused op where the
-        # backend has it (CPU), else PyTorch
-        backend = ops.resolve(backend, x.device)  # once for both ops (and the choice below)
-        pre = ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, None, None, "none", backend)
+        # training (batch statistics), or a layer norm (data-dependent, cannot be folded)
+        backend = ops.resolve(backend, x.device)  # once for the ops (and the choice below)
         if isinstance(self.norm, ChannelBatchNorm) and backend == "cpu":
-            return self.norm.forward_fused(pre, scale_shift, residual, self.act, backend)
+            return self.train_norm_cpu(x, scale_shift, residual, backend)
+        # the op computes `pre`, then the normalisation and the epilogue run in PyTorch
+        pre = ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, None, None, "none", backend)
         return epilogue_ref(self.norm(pre), scale_shift, residual, self.act)
+
+    def train_norm_cpu(self, x: Tensor, scale_shift: Optional[Tensor], residual: Optional[Tensor],
+                       backend: str) -> Tensor:
+        """A training layer with a batch norm on the CPU: the convolution, the norm and the
+        epilogue as one op (diffupose.ops.mgcn_norm), the running statistics updated from its batch
+        statistics. bench/train_throughput.py swaps this method for the unfused forms it compares."""
+        out, mean, var = ops.mgcn_norm(x, self.W, self.M, self.affinity(), self.bias, self.norm.weight,
+                                       self.norm.bias, scale_shift, residual, self.act, self.norm.eps, backend)
+        self.norm.update_running(mean, var, x.numel() // x.shape[-1])
+        return out
+
+    def train_norm_two_ops(self, x: Tensor, scale_shift: Optional[Tensor], residual: Optional[Tensor],
+                           backend: str) -> Tensor:
+        """train_norm_cpu as two ops, the convolution then ChannelBatchNorm.forward_fused (the layer
+        before diffupose.ops.mgcn_norm): the benchmark's A/B row and the norm op's layer test."""
+        pre = ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, None, None, "none", backend)
+        return self.norm.forward_fused(pre, scale_shift, residual, self.act, backend)
 
     def extra_repr(self) -> str:
         return f"{self.c_in}, {self.c_out}, joints={self.adj.shape[0]}, act={self.act}"
@@ -140,11 +156,14 @@ class ChannelBatchNorm(nn.Module):
         (diffupose.ops.norm_act), the running statistics updated as F.batch_norm does (the variance
         unbiased)."""
         out, mean, var = ops.norm_act(pre, self.weight, self.bias, scale_shift, residual, act, self.eps, backend)
-        n = pre.numel() // pre.shape[-1]
+        self.update_running(mean, var, pre.numel() // pre.shape[-1])
+        return out
+
+    def update_running(self, mean: Tensor, var: Tensor, n: int) -> None:
+        """The running statistics from a batch's (n rows, var biased), as F.batch_norm updates them."""
         with torch.no_grad():
             self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
             self.running_var.lerp_((var * (n / (n - 1))).to(self.running_var.dtype), self.momentum)
-        return out
 
     def forward(self, x: Tensor) -> Tensor:
         C = x.shape[-1]

@@ -25,6 +25,9 @@ struct RowsOf {
   void (*agg_bwd_flush)(T* da, T* da_lanes, int64_t J);
   // the training batch norm (csrc/norm_act_cpu.cpp): acc += row, or (row - centre)^2 with a centre
   void (*norm_sum)(T* acc, const T* row, const T* centre, int64_t C);
+  // its statistics in one pass, in double whatever T (mgcn_norm_fwd: sum += row, sq += row^2 while
+  // the convolution's row is in cache; double keeps sq / n - mean^2 exact to ~1e-12 of sq / n)
+  void (*norm_stats)(double* sum, double* sq, const T* row, int64_t C);
   // dz (after act') -> dy = dz * s1 in place, accumulating dsc [2, C] += (dz * y, dz) (dsc, s1
   // nullable: no scale-shift), db += dy, dg += dy * xhat; y = pre * k + c0, xhat = (pre - mu) * rstd
   void (*norm_bwd)(T* dz, const T* pre, const T* k, const T* c0, const T* s1, T* dsc, T* db, T* dg, const T* mu,

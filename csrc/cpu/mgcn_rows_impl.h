@@ -431,6 +431,15 @@ void norm_sum_row(T* acc, const T* row, const T* centre, int64_t C) {
 }
 
 template <typename T>
+void norm_stats_row(double* sum, double* sq, const T* row, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const double v = static_cast<double>(row[c]);
+    sum[c] += v;
+    sq[c] += v * v;
+  }
+}
+
+template <typename T>
 void norm_bwd_row(T* dz, const T* pre, const T* k, const T* c0, const T* s1, T* dsc, T* db, T* dg, const T* mu,
                   const T* rstd, int64_t C) {
   if (dsc)
@@ -457,7 +466,7 @@ void norm_dpre_row(T* dy, const T* pre, const T* mu, const T* rstd, const T* gam
 template <typename T>
 RowsOf<T> rows_table() {
   return {epilogue_row_fwd<T>, epilogue_row_bwd<T>, aggregate_fwd<T>, aggregate_bwd<T>, aggregate_bwd_flush<T>,
-          norm_sum_row<T>,     norm_bwd_row<T>,     norm_dpre_row<T>};
+          norm_sum_row<T>,     norm_stats_row<T>,   norm_bwd_row<T>,     norm_dpre_row<T>};
 }
 
 }  // namespace DP_ROWS_NS

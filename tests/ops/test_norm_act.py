@@ -117,14 +117,16 @@ def test_result_does_not_depend_on_the_thread_count():
 
 
 def test_training_layer_matches_the_unfused_batch_norm(monkeypatch):
-    """The fused training layer (CPU) and the PyTorch one (reference backend: F.batch_norm, then the
-    epilogue) agree on the output, every gradient and the running statistics after two steps."""
+    """The training layer as two ops (mgcn, then this op; CPU) and the PyTorch one (reference
+    backend: F.batch_norm, then the epilogue) agree on the output, every gradient and the running statistics after two steps."""
     skip_unless_backend("cpu")
     from diffupose import ops
     from diffupose.layers import ModulatedGraphConv
 
     calls = []
     monkeypatch.setattr(ops, "norm_act", lambda *a, **k: calls.append(k.get("backend", a[-1])) or norm_act(*a, **k))
+    # the layer as two ops (the CPU layer itself runs ops.mgcn_norm: tests/ops/test_mgcn_norm.py)
+    monkeypatch.setattr(ModulatedGraphConv, "train_norm_cpu", ModulatedGraphConv.train_norm_two_ops)
     from diffupose.skeleton import get_skeleton
 
     torch.manual_seed(0)
