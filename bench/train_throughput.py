@@ -47,7 +47,7 @@ from diffupose.baselines import busy_processes, compile_counts, reset_compiled  
 from diffupose.diffusion import Diffusion, DiffusionConfig, joint_weights  # noqa: E402
 from diffupose.model import ModelConfig, build_model  # noqa: E402
 from diffupose.ops.mgcn import epilogue_ref  # noqa: E402
-from diffupose.training import adam, amp_dtype  # noqa: E402
+from diffupose.training import adam, amp_dtype, hold_heap  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -163,6 +163,8 @@ def main(argv=None):
                    help="inductor mode (default: max-autotune on a GPU, default on the CPU)")
     p.add_argument("--contend", type=int, default=0, metavar="K",
                    help="also time each path beside K busy processes (threads that wait by spinning collapse there)")
+    p.add_argument("--free-heap", action="store_true",
+                   help="leave glibc's malloc returning freed memory to the OS (Trainer.run holds it: training.hold_heap)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.warmup < 1:
@@ -176,7 +178,7 @@ def main(argv=None):
         ([f"{b}+compile" for b in fused] if args.compile else [])
     print(f"# torch {torch.__version__}, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
           f" ({torch.get_num_threads()} threads), d_model {args.d_model}, blocks {args.blocks}, batch {args.batch}, "
-          f"amp {args.amp}, OpenMP wait {diffupose.openmp_wait_policy()}")
+          f"amp {args.amp}, OpenMP wait {diffupose.openmp_wait_policy()}" + ("" if args.free_heap else ", heap held"))
     print("# command: python " + " ".join(sys.argv))
     reset_compiled()
     steps, infos = {}, {}
@@ -195,6 +197,8 @@ def main(argv=None):
     warm = compile_counts()
     gc.collect()
     gc.freeze()  # as Trainer.run does: the cyclic GC then walks only what the steps allocate (every row alike)
+    if not args.free_heap:
+        hold_heap()  # as Trainer.run does, every row alike: freed activations stay in the heap
     alone = interleaved_medians(steps, args.repeats)
     contended = {}
     if args.contend:

@@ -417,8 +417,7 @@ void bwd_sample(const Params<T>& p, const T* h, const T* h_next, const xt* g, co
     const int64_t o = j * Cout;
     T* dz = w.dpre.data() + o;  // dz first, dpre = dz * (1 + scale) in place below
     if (dn) {
-      std::copy(dy + o, dy + o + Cout, dz);
-      dn->coefs->row(dz, norm_act_impl::opmath_row<T, xt>(nin + o, w.pv.data(), Cout), Cout);
+      dn->coefs->row(dz, dy + o, norm_act_impl::opmath_row<T, xt>(nin + o, w.pv.data(), Cout), Cout);
     } else {
       for (int64_t c = 0; c < Cout; ++c) dz[c] = static_cast<T>(g[o + c]);
     }

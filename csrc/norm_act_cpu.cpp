@@ -162,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_act_bwd_cpu(
       std::vector<T> buf(C);
       for (int64_t q; (q = next()) < chunks;)
         for (int64_t row = q * kRows; row < std::min(B * J, (q + 1) * kRows); ++row)
-          dp.row(dyp + row * C, opmath_row<T, xt>(pp + row * C, buf.data(), C), C);
+          dp.row(dyp + row * C, dyp + row * C, opmath_row<T, xt>(pp + row * C, buf.data(), C), C);
     });
     dpre = nd.dy.to(pre.scalar_type());
     std::tie(dgamma, dbeta, dss) = norm_param_grads<T>(nd, C, gamma, beta, ss, d.ss_rows, pre.options());

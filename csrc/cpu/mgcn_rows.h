@@ -32,9 +32,9 @@ struct RowsOf {
   // nullable: no scale-shift), db += dy, dg += dy * xhat; y = pre * k + c0, xhat = (pre - mu) * rstd
   void (*norm_bwd)(T* dz, const T* pre, const T* k, const T* c0, const T* s1, T* dsc, T* db, T* dg, const T* mu,
                    const T* rstd, int64_t C);
-  // dy -> dpre in place: rstd * gamma * (dy - dbn - xhat * dgn), dbn, dgn = dbeta / n, dgamma / n
-  void (*norm_dpre)(T* dy, const T* pre, const T* mu, const T* rstd, const T* gamma, const T* dbn, const T* dgn,
-                    int64_t C);
+  // dpre = rstd * gamma * (dy - dbn - xhat * dgn), dbn, dgn = dbeta / n, dgamma / n (dpre == dy: in place)
+  void (*norm_dpre)(T* dpre, const T* dy, const T* pre, const T* mu, const T* rstd, const T* gamma, const T* dbn,
+                    const T* dgn, int64_t C);
 };
 
 // One modulated graph convolution, forward, float32, over whole samples of J rows each: the whole

@@ -431,7 +431,7 @@ void norm_sum_row(T* acc, const T* row, const T* centre, int64_t C) {
 }
 
 template <typename T>
-void norm_stats_row(double* sum, double* sq, const T* row, int64_t C) {
+void norm_stats_row(double* __restrict__ sum, double* __restrict__ sq, const T* __restrict__ row, int64_t C) {
   for (int64_t c = 0; c < C; ++c) {
     const double v = static_cast<double>(row[c]);
     sum[c] += v;
@@ -455,11 +455,11 @@ void norm_bwd_row(T* dz, const T* pre, const T* k, const T* c0, const T* s1, T* 
 }
 
 template <typename T>
-void norm_dpre_row(T* dy, const T* pre, const T* mu, const T* rstd, const T* gamma, const T* dbn, const T* dgn,
-                   int64_t C) {
+void norm_dpre_row(T* dpre, const T* dy, const T* pre, const T* mu, const T* rstd, const T* gamma, const T* dbn,
+                   const T* dgn, int64_t C) {
   for (int64_t c = 0; c < C; ++c) {
     const T xhat = (pre[c] - mu[c]) * rstd[c];
-    dy[c] = rstd[c] * gamma[c] * (dy[c] - dbn[c] - xhat * dgn[c]);
+    dpre[c] = rstd[c] * gamma[c] * (dy[c] - dbn[c] - xhat * dgn[c]);
   }
 }
 

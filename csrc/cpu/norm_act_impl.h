@@ -168,14 +168,13 @@ NormDy<T> norm_dy(const xt* gp, const xt* pp, const NormMap<T>& nm, const T* mu,
 }
 
 // dpre = rstd * gamma * (dy - dbn - xhat * dgn) per row (dbn, dgn = dbeta / n, dgamma / n; tot as
-// norm_dy returns it), in place: norm_act's second pass, mgcn_norm's load of dpre.
+// norm_dy returns it; dpre may be dy): norm_act's second pass, mgcn_norm's load of dpre.
 template <typename T>
 struct NormDpre {
-  at::Tensor gamma, dbn, dgn;  // [C] opmath
-  const T *mu, *rstd;
-  void row(T* dy, const T* pre, int64_t C) const {
-    rows_of<T>().norm_dpre(dy, pre, mu, rstd, gamma.template data_ptr<T>(), dbn.template data_ptr<T>(),
-                           dgn.template data_ptr<T>(), C);
+  at::Tensor gamma, dbn, dgn;  // [C] opmath (held for the pointers below)
+  const T *mu, *rstd, *gp, *dbnp, *dgnp;
+  void row(T* dpre, const T* dy, const T* pre, int64_t C) const {
+    rows_of<T>().norm_dpre(dpre, dy, pre, mu, rstd, gp, dbnp, dgnp, C);
   }
 };
 
@@ -184,8 +183,12 @@ NormDpre<T> norm_dpre_coefs(const NormMap<T>& nm, const T* mu, const at::Tensor&
                             int64_t n, at::ScalarType op) {
   const int64_t C = nm.k.numel();
   const double inv = 1.0 / static_cast<double>(n);
-  return {gamma.detach().to(op).contiguous(), tot.narrow(0, 0, C) * inv, tot.narrow(0, C, C) * inv, mu,
-          nm.rstd.template data_ptr<T>()};
+  NormDpre<T> r{gamma.detach().to(op).contiguous(), tot.narrow(0, 0, C) * inv, tot.narrow(0, C, C) * inv, mu,
+                 nm.rstd.template data_ptr<T>()};
+  r.gp = r.gamma.template data_ptr<T>();
+  r.dbnp = r.dbn.template data_ptr<T>();
+  r.dgnp = r.dgn.template data_ptr<T>();
+  return r;
 }
 
 // (dgamma, dbeta, dscale_shift) in the parameters' and scale_shift's dtypes from norm_dy's sums;
