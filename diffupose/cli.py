@@ -352,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "radius in Python). The weights are not touched.",
         epilog="examples:\n  # train with a validation part held out, then calibrate on it\n"
                "  python train/h36m.py --dataset cmu+hdm05 --keypoints det --val-fraction 0.05 --out runs/mocap\n"
-               "  diffupose calibrate --checkpoint runs/mocap/model -n 10")
+               "  diffupose calibrate --checkpoint runs/mocap/model -n 10\n"
+               "  # the same, corrected for new people by two models of a shorter recipe (docs/RESULTS.md)\n"
+               "  diffupose calibrate --checkpoint runs/mocap/model --person-correction runs/clips/model runs/people/model")
     cal.add_argument("--checkpoint", metavar="PATH", required=True, help="checkpoint to calibrate (it is rewritten)")
     cal.add_argument("-n", "--hypotheses", type=_positive_int, default=10, metavar="N",
                      help="hypotheses per frame of the lifts the calibration is for")
@@ -361,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--max-frames", type=_nonneg_int, default=4000, metavar="F",
                      help="validation rows used, spread evenly (0: all)")
     cal.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
+    cal.add_argument("--person-correction", nargs=2, metavar=("CLIPS", "PEOPLE"), default=None,
+                     help="multiply the scale by how much larger it came out fitted on held-out people (PEOPLE, "
+                          "calibrated by person) than on held-out clips (CLIPS), two checkpoints of one recipe")
     cal.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cal.set_defaults(func=cmd_calibrate)
 
@@ -659,15 +664,35 @@ def cmd_calibrate(args) -> int:
         val = calibration.validation_rows(config)
         # held-out people (two or more): fitted so that it holds from one person to another
         by_person = len((config.get("dataset") or {}).get("val_subjects") or []) >= 2
+        correction = None
+        if args.person_correction:
+            if by_person:
+                raise calibration.CalibrationError("its validation rows are held-out people already: it is calibrated "
+                                                   "by person, without --person-correction")
+            from .checkpoint import CheckpointError, read_config
+
+            try:  # their calibrations only (configs, checked): the weights are not needed
+                refs = [read_config(p).get(calibration.CALIBRATION_KEY) for p in args.person_correction]
+            except CheckpointError as e:
+                raise CliError(f"--person-correction: {e}") from None
+            names = [Path(p).name if Path(p).name != "model" else Path(p).parent.name for p in args.person_correction]
+            factor = calibration.person_correction(*refs, len(model.skeleton.parents), tuple(args.person_correction))
+            if refs[0]["n_hyp"] != args.hypotheses:
+                raise calibration.CalibrationError(f"the person correction was measured at N = {refs[0]['n_hyp']}, "
+                                                   f"not -n {args.hypotheses}")
+            correction = {"factor": factor, "from": names}
         calib = calibration.fit(model, diffusion, val, n_hyp=args.hypotheses, steps=args.steps, target=args.coverage,
-                                max_frames=args.max_frames or None, progress=not args.quiet, by_person=by_person)
+                                max_frames=args.max_frames or None, progress=not args.quiet, by_person=by_person,
+                                correction=correction)
     except calibration.CalibrationError as e:
         raise CliError(f"{wpath.with_suffix('')}: {e}") from None
     cpath = calibration.write(wpath.with_suffix(""), calib)
     scale = [k for k in calib["spread_scale"] if k > 0]
     print(f"fitted on {calib['val_frames']:,} validation rows, N = {args.hypotheses}, {args.steps} DDIM steps: "
           f"{calib['raw_coverage']:.1%} of joint errors were within 2x spread; scales {min(scale):.2f}-{max(scale):.2f} "
-          f"put {calib['fitted_coverage']:.1%} within factor x scale x spread"
+          + (f"(the fit times the person correction {min(correction['factor'][1:]):.2f}-"
+             f"{max(correction['factor'][1:]):.2f}) " if correction else "")
+          + f"put {calib['fitted_coverage']:.1%} within factor x scale x spread"
           + (f" (fitted at the {calib['level']:.1%} level, where scales fitted on one of {', '.join(calib['people'])} "
              f"covered {calib['cross_person_coverage']:.1%} of another's errors)" if "level" in calib else "")
           + f" -> {cpath}")

@@ -112,3 +112,54 @@ def test_calibrate_by_person_with_two_held_out_people(tmp_path, capsys):
 
 def test_radius_without_calibration_is_none():
     assert calibration.radius(np.ones((2, 17)), None) is None
+
+
+def _block(scale, **kw):
+    return {"spread_scale": scale, "coverage": 0.9, "factor": 2.0, "n_hyp": 10, **kw}
+
+
+def test_person_correction_is_the_ratio_of_the_two_scales():
+    clips = _block([0.0] + [1.0 + 0.1 * j for j in range(16)])
+    people = _block([0.0] + [2.0 + 0.1 * j for j in range(16)], level=0.93, people=["a", "b"])
+    f = calibration.person_correction(clips, people, 17)
+    assert f[0] == 1.0 and len(f) == 17
+    np.testing.assert_allclose(f[1:], [(2.0 + 0.1 * j) / (1.0 + 0.1 * j) for j in range(16)], atol=1e-4)
+    for c, p, match in ((people, people, "held-out people"), (clips, clips, "not fitted by person"),
+                        (clips, {**people, "n_hyp": 20}, "differ in n_hyp"), (None, people, "no calibration"),
+                        (clips, {**people, "spread_scale": [1.0] * 16}, "spread_scale"),
+                        ({**clips, "person_correction": {"factor": [1.0] * 17}}, people, "itself corrected")):
+        with pytest.raises(calibration.CalibrationError, match=match):
+            calibration.person_correction(c, p, 17)
+
+
+def test_calibrate_with_a_person_correction(calibrated, tmp_path, capsys):
+    """--person-correction CLIPS PEOPLE: the scale fitted on the checkpoint's own validation clips,
+    times PEOPLE's scale / CLIPS's per joint, recorded (factor, from) and checked on load; refused
+    with one line for a wrong pair or N."""
+    train, _ = load_dataset("hdm05")
+    who = sorted(set(train.subject.tolist()))[:2]
+    people = _tiny(tmp_path / "people", {"name": "hdm05", "keypoints": "gt", "val_fraction": 0.0, "val_subjects": who,
+                                         "val_frames": int(np.isin(train.subject, who).sum())})
+    args = ["-n", "3", "--steps", "2", "--max-frames", "80", "-q", "--device", "cpu"]
+    assert cli.main(["calibrate", "--checkpoint", people, *args]) == 0
+    val_frames = len(split_validation(train, FRAC, 0)[1])
+    target = _tiny(tmp_path / "target", {"name": "hdm05", "keypoints": "gt", "val_fraction": FRAC, "val_seed": 0,
+                                         "val_frames": val_frames})
+    assert cli.main(["calibrate", "--checkpoint", target, *args]) == 0
+    plain = json.loads(open(target + ".json").read())["calibration"]
+    assert cli.main(["calibrate", "--checkpoint", target, *args, "--person-correction", calibrated, people]) == 0
+    assert "person correction" in capsys.readouterr().out
+    cal = json.loads(open(target + ".json").read())["calibration"]
+    want = calibration.person_correction(json.loads(open(calibrated + ".json").read())["calibration"],
+                                         json.loads(open(people + ".json").read())["calibration"], 17)
+    assert cal["person_correction"]["factor"] == want and cal["person_correction"]["from"] == ["tiny", "people"]
+    np.testing.assert_allclose(cal["spread_scale"], np.asarray(plain["spread_scale"]) * want, atol=2e-4)
+    assert "person correction" in cal["meaning"]
+    load_checkpoint(target)  # accepted
+    for pair, match in (([people, calibrated], "fitted on held-out people"), ([calibrated, calibrated], "by person"),
+                        ([calibrated, str(tmp_path / "none")], "--person-correction")):
+        rc = cli.main(["calibrate", "--checkpoint", target, *args, "--person-correction", *pair])
+        err = capsys.readouterr().err
+        assert rc != 0 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    rc = cli.main(["calibrate", "--checkpoint", target, "-n", "4", *args[2:], "--person-correction", calibrated, people])
+    assert rc != 0 and "measured at N = 3" in capsys.readouterr().err
