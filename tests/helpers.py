@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 
 import pytest
@@ -92,3 +93,46 @@ def cpu_isa(isa: str):
         yield
     finally:
         assert ext.set_cpu_isa(best)
+
+
+def assert_same_on_1_and_2_threads(run) -> None:
+    """run() -> a list of tensors: bit for bit the same on 1 and on 2 threads (fixed partial sums,
+    summed in order, whoever ran them)."""
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(list(run()))
+    finally:
+        torch.set_num_threads(threads)
+    for u, v in zip(*results):
+        assert torch.equal(u, v)
+
+
+def assert_training_layer_matches_reference(monkeypatch, counted: str) -> None:
+    """The CPU training layer with a batch norm against the reference one (F.batch_norm, then the
+    epilogue) on the output, every gradient and the running statistics after two steps, and that it
+    ran diffupose.ops.<counted> on the CPU both times (the reference layer never)."""
+    from diffupose import ops
+    from diffupose.layers import ModulatedGraphConv
+    from diffupose.skeleton import get_skeleton
+
+    calls, real = [], getattr(ops, counted)
+    monkeypatch.setattr(ops, counted, lambda *a, **k: calls.append(k.get("backend", a[-1])) or real(*a, **k))
+    torch.manual_seed(0)
+    fused = ModulatedGraphConv(24, 24, get_skeleton("h36m17").adjacency(), "silu", norm="batch").double().train()
+    plain = copy.deepcopy(fused)
+    for _ in range(2):
+        x = torch.randn(9, 17, 24, dtype=torch.float64)
+        ss = 0.3 * torch.randn(9, 2, 24, dtype=torch.float64)
+        outs = [layer(x, ss, x, backend=be) for layer, be in ((fused, "cpu"), (plain, "reference"))]
+        assert rel_err(outs[0], outs[1]) < 1e-12
+        for o in outs:
+            o.pow(2).sum().backward()
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
+        # atol: the convolution bias' gradient is zero before a batch norm (rounding only)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10, msg=name)
+    for (name, b), c in zip(fused.named_buffers(), plain.buffers()):
+        assert rel_err(b, c) < 1e-12, name
+    assert calls == ["cpu", "cpu"]

@@ -26,7 +26,7 @@ from torch import Tensor
 from . import backend as _backend
 from .mgcn import ACTIVATIONS, _check, mgcn, mgcn_ref
 from .norm_act import norm_act, norm_act_ref
-from .registry import cpp_op, register_once
+from .registry import wired_cpp_op
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,16 +76,8 @@ def _backward(ctx, grad_out, _grad_pre, _grad_h, _grad_mean, _grad_var):
             grad_out if ctx.has_residual else None, None, None)
 
 
-def _wire() -> None:
-    torch.library.register_fake("diffupose::mgcn_norm_fwd")(_fwd_fake)
-    torch.library.register_fake("diffupose::mgcn_norm_bwd")(_bwd_fake)
-    torch.library.register_autograd("diffupose::mgcn_norm_fwd", _backward, setup_context=_setup_context)
-
-
 def _cpp_op():
-    fwd = cpp_op("mgcn_norm_fwd")
-    register_once("mgcn_norm_cpp", _wire)
-    return fwd
+    return wired_cpp_op("mgcn_norm_fwd", "mgcn_norm_bwd", _fwd_fake, _bwd_fake, _backward, _setup_context)
 
 
 # ---------------------------------------------------------------------------------------------

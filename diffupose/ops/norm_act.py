@@ -24,7 +24,7 @@ from torch import Tensor
 
 from . import backend as _backend
 from .mgcn import ACTIVATIONS, epilogue_ref
-from .registry import cpp_op, register_once
+from .registry import wired_cpp_op
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,16 +75,8 @@ def _backward(ctx, grad_out, _grad_mean, _grad_var):
             grad_out if ctx.has_residual else None, None, None)
 
 
-def _wire() -> None:
-    torch.library.register_fake("diffupose::norm_act_fwd")(_fwd_fake)
-    torch.library.register_fake("diffupose::norm_act_bwd")(_bwd_fake)
-    torch.library.register_autograd("diffupose::norm_act_fwd", _backward, setup_context=_setup_context)
-
-
 def _cpp_op():
-    fwd = cpp_op("norm_act_fwd")
-    register_once("norm_act_cpp", _wire)
-    return fwd
+    return wired_cpp_op("norm_act_fwd", "norm_act_bwd", _fwd_fake, _bwd_fake, _backward, _setup_context)
 
 
 # ---------------------------------------------------------------------------------------------

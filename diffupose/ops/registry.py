@@ -32,3 +32,17 @@ def register_once(key: str, fn: Callable[[], None]) -> None:
     if key not in _registered:
         fn()
         _registered.add(key)
+
+
+def wired_cpp_op(fwd: str, bwd: str, fwd_fake, bwd_fake, backward, setup_context):
+    """torch.ops.diffupose.<fwd> (cpp_op) with, once per process, the fake kernels of the pair and
+    the autograd formula of the forward registered: the C++ ops with one Python wiring each."""
+    op = cpp_op(fwd)
+
+    def wire() -> None:
+        torch.library.register_fake(f"diffupose::{fwd}")(fwd_fake)
+        torch.library.register_fake(f"diffupose::{bwd}")(bwd_fake)
+        torch.library.register_autograd(f"diffupose::{fwd}", backward, setup_context=setup_context)
+
+    register_once(fwd, wire)
+    return op

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from diffupose.ops import ACTIVATIONS, mgcn, mgcn_ref
-from tests.helpers import cpu_isa, kernel_device, poisoned, rel_err, skip_unless_backend
+from tests.helpers import assert_same_on_1_and_2_threads, cpu_isa, kernel_device, poisoned, rel_err, skip_unless_backend
 
 BACKENDS = ["cpu", "cuda", "triton"]
 FLOOR = {torch.float32: 1e-5, torch.float16: 5e-4, torch.bfloat16: 4e-3, torch.float64: 1e-12}
@@ -190,17 +190,12 @@ def test_training_groups_do_not_depend_on_the_thread_count():
     bit for bit the same on 1 and on 2 threads, with many groups and a ragged last one."""
     skip_unless_backend("cpu")
     inp, grad = make_inputs(203, 17, 48, 40, "B", True, seed=11)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            with poisoned():
-                results.append(_train_step(inp, grad))
-    finally:
-        torch.set_num_threads(threads)
-    for u, v in zip(*results):
-        assert torch.equal(u, v)
+
+    def step():
+        with poisoned():
+            return _train_step(inp, grad)
+
+    assert_same_on_1_and_2_threads(step)
 
 
 @pytest.mark.parametrize("J", [15, 17])

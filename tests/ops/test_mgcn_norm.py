@@ -7,13 +7,12 @@ fp64 (with a floor per dtype).
 """
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from diffupose.ops import ACTIVATIONS, mgcn, mgcn_norm, mgcn_norm_ref, norm_act
-from tests.helpers import assert_matches, cpu_isa, poisoned, rel_err, skip_unless_backend
+from tests.helpers import (assert_matches, assert_same_on_1_and_2_threads, assert_training_layer_matches_reference,
+                           cpu_isa, poisoned, rel_err, skip_unless_backend)
 
 FLOOR = {torch.float32: 1e-5, torch.float16: 5e-4, torch.bfloat16: 4e-3, torch.float64: 1e-12}
 PARAMS = ("w", "m", "a", "bias", "gamma", "beta")  # kept in fp32 for half activations (as the layer does)
@@ -129,21 +128,15 @@ def test_matches_the_two_ops_it_replaces():
 
 
 def test_result_does_not_depend_on_the_thread_count():
-    """Statistics per fixed group of samples, slots per fixed tile, summed in order: bit for bit the
-    same on 1 and on 2 threads."""
+    """Statistics per fixed group of samples, slots per fixed tile, summed in order."""
     skip_unless_backend("cpu")
     inp, grad = make_inputs(67, 17, 40, 40, "B", True, seed=5)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            got, grads = run(inp, grad, "silu", torch.float32, "cpu")
-            results.append([*got, *grads.values()])
-    finally:
-        torch.set_num_threads(threads)
-    for u, v in zip(*results):
-        assert torch.equal(u, v)
+
+    def step():
+        got, grads = run(inp, grad, "silu", torch.float32, "cpu")
+        return [*got, *grads.values()]
+
+    assert_same_on_1_and_2_threads(step)
 
 
 def test_variance_without_cancellation():
@@ -165,31 +158,9 @@ def test_variance_without_cancellation():
 
 
 def test_training_layer_runs_it(monkeypatch):
-    """The CPU training layer with a batch norm runs this op, and agrees with the reference layer
-    (F.batch_norm, then the epilogue) on the output, every gradient and the running statistics."""
+    """The CPU training layer with a batch norm runs this op, and agrees with the reference layer."""
     skip_unless_backend("cpu")
-    from diffupose import ops
-    from diffupose.layers import ModulatedGraphConv
-    from diffupose.skeleton import get_skeleton
-
-    calls = []
-    monkeypatch.setattr(ops, "mgcn_norm", lambda *a, **k: calls.append(a[-1]) or mgcn_norm(*a, **k))
-    torch.manual_seed(0)
-    adj = get_skeleton("h36m17").adjacency()
-    fused = ModulatedGraphConv(24, 24, adj, "silu", norm="batch").double().train()
-    plain = copy.deepcopy(fused)
-    for _ in range(2):
-        x = torch.randn(9, 17, 24, dtype=torch.float64)
-        ss = 0.3 * torch.randn(9, 2, 24, dtype=torch.float64)
-        outs = [layer(x, ss, x, backend=be) for layer, be in ((fused, "cpu"), (plain, "reference"))]
-        assert rel_err(outs[0], outs[1]) < 1e-12
-        for o in outs:
-            o.pow(2).sum().backward()
-    for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10, msg=name)
-    for (name, b), c in zip(fused.named_buffers(), plain.buffers()):
-        assert rel_err(b, c) < 1e-12, name
-    assert calls == ["cpu", "cpu"]
+    assert_training_layer_matches_reference(monkeypatch, "mgcn_norm")
 
 
 def test_bad_inputs_are_clear_errors():
