@@ -136,3 +136,27 @@ def assert_training_layer_matches_reference(monkeypatch, counted: str) -> None:
     for (name, b), c in zip(fused.named_buffers(), plain.buffers()):
         assert rel_err(b, c) < 1e-12, name
     assert calls == ["cpu", "cpu"]
+
+
+def check_norm_op(run, inp, grad, act, dtype, floor: float, shape, zero_grads=()) -> None:
+    """A training batch-norm op (norm_act, mgcn_norm) against fp64: run(inp, grad, act, dtype,
+    backend) -> ((out, mean, var), {name: grad}); the kernel's run poisoned. out in dtype, the
+    statistics in opmath, each within twice PyTorch's own error in dtype (floor); every gradient in
+    PyTorch's dtype and bound; zero_grads: inputs whose gradient is zero (rounding only, compared
+    to dbeta's scale)."""
+    ref, ref_grads = run(inp, grad, act, torch.float64, "torch")
+    same, same_grads = run(inp, grad, act, dtype, "torch")
+    with poisoned():
+        got, grads = run(inp, grad, act, dtype, "cpu")
+    assert got[0].dtype == dtype and tuple(got[0].shape) == tuple(shape)
+    opmath = torch.float64 if dtype == torch.float64 else torch.float32
+    assert got[1].dtype == opmath and got[2].dtype == opmath
+    for name, u, s, v in zip(("out", "mean", "var"), got, same, ref):
+        assert_matches(u, v, s, floor=floor, name=name)
+    assert set(grads) == set(ref_grads)
+    for k, gref in ref_grads.items():
+        assert grads[k].dtype == same_grads[k].dtype, k
+        if k in zero_grads:
+            assert grads[k].abs().max() <= 1e-3 * grads["beta"].abs().max() + floor, grads[k]
+            continue
+        assert_matches(grads[k], gref, same_grads[k], floor=floor, name=f"d{k}")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from diffupose.ops import ACTIVATIONS, norm_act, norm_act_ref
-from tests.helpers import (assert_matches, assert_same_on_1_and_2_threads, assert_training_layer_matches_reference,
-                           cpu_isa, poisoned, rel_err, skip_unless_backend)
+from tests.helpers import (assert_same_on_1_and_2_threads, assert_training_layer_matches_reference, check_norm_op,
+                           cpu_isa, rel_err, skip_unless_backend)
 
 FLOOR = {torch.float32: 1e-5, torch.float16: 5e-4, torch.bfloat16: 4e-3, torch.float64: 1e-12}
 
@@ -39,18 +39,7 @@ def run(inp, grad, act, dtype, backend):
 def check(B, J, C, act, ss_rows, with_res, dtype):
     skip_unless_backend("cpu")
     inp, grad = make_inputs(B, J, C, ss_rows, with_res)
-    ref, ref_grads = run(inp, grad, act, torch.float64, "torch")
-    same, same_grads = run(inp, grad, act, dtype, "torch")
-    with poisoned():
-        got, grads = run(inp, grad, act, dtype, "cpu")
-    assert got[0].dtype == dtype and got[0].shape == (B, J, C)
-    opmath = torch.float64 if dtype == torch.float64 else torch.float32
-    assert got[1].dtype == opmath and got[2].dtype == opmath
-    for name, u, s, v in zip(("out", "mean", "var"), got, same, ref):
-        assert_matches(u, v, s, floor=FLOOR[dtype], name=name)
-    for k, gref in ref_grads.items():
-        assert grads[k].dtype == same_grads[k].dtype, k
-        assert_matches(grads[k], gref, same_grads[k], floor=FLOOR[dtype], name=f"d{k}")
+    check_norm_op(run, inp, grad, act, dtype, FLOOR[dtype], (B, J, C))
 
 
 @pytest.mark.parametrize("J", [15, 16, 17])
