@@ -525,13 +525,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       // the two GEMMs only, so it stays in the core's cache (~0.5 MB at Cout 128) and never
       // goes to memory (a batch-wide dH was 2 B J Cout floats written and read back per layer)
       at::Tensor dHs = at::empty({std::min(G, B) * J, 2 * Cout}, o);
+      constexpr bool kStream = std::is_same_v<T, float>;  // dx as the forward's H (stream_copy)
+      at::Tensor dxs = kStream ? at::empty({std::min(G, B) * J, d.Cin}, o) : at::Tensor();
       for (int64_t g; (g = next()) < groups;) {
         const int64_t b0 = g * G, nb = std::min(G, B - b0);
         tiles_of(b0 / kTileSamples, (b0 + nb + kTileSamples - 1) / kTileSamples, sc, dHs.data_ptr<T>(), b0);
         const at::Tensor dHg = dHs.narrow(0, 0, nb * J);
-        at::Tensor dxg = dxw.narrow(0, b0 * J, nb * J), dwgg = dwg.select(0, g);
+        at::Tensor dxk = dxw.narrow(0, b0 * J, nb * J), dxg = kStream ? dxs.narrow(0, 0, nb * J) : dxk;
+        at::Tensor dwgg = dwg.select(0, g);
         at::mm_out(dxg, dHg, wt);
         at::mm_out(dwgg, xw.narrow(0, b0 * J, nb * J).t(), dHg);
+        if constexpr (kStream) stream_copy(dxk.data_ptr<float>(), dxg.data_ptr<float>(), nb * J * d.Cin);
       }
     });
     dw_parts = dwg;  // summed in group order below
