@@ -25,7 +25,7 @@ from torch import Tensor
 
 from . import backend as _backend
 from .mgcn import ACTIVATIONS, _check, mgcn, mgcn_ref
-from .norm_act import norm_act, norm_act_ref
+from .norm_act import check_norm_args, norm_act, norm_act_ref
 from .registry import wired_cpp_op
 
 
@@ -96,15 +96,7 @@ def mgcn_norm(x: Tensor, w: Tensor, m: Tensor, a: Tensor, bias: Tensor, gamma: T
         return norm_act(pre, gamma, beta, scale_shift, residual, act, eps, backend=name)
     x3 = x.reshape(-1, J, x.shape[-1])
     B = x3.shape[0]
-    if B * J < 2:
-        raise ValueError(f"mgcn_norm: a batch norm in training needs more than one row per channel, got "
-                         f"{tuple(x.shape)}")
-    if tuple(gamma.shape) != (cout,) or tuple(beta.shape) != (cout,):
-        raise ValueError(f"mgcn_norm: gamma and beta must be [{cout}], got {tuple(gamma.shape)}, {tuple(beta.shape)}")
-    if scale_shift is not None:
-        if scale_shift.dim() != 3 or scale_shift.shape[1:] != (2, cout) or scale_shift.shape[0] not in (1, B):
-            raise ValueError(f"mgcn_norm: scale_shift must be [1 or {B}, 2, {cout}], got {tuple(scale_shift.shape)}")
-        scale_shift = scale_shift.to(x.dtype)  # activations travel in x's dtype (autograd casts back)
+    scale_shift = check_norm_args("mgcn_norm", x, B, J, cout, gamma, beta, scale_shift)
     res3 = residual.reshape(B, J, cout).to(x.dtype) if residual is not None else None
     out, _, _, mean, var = _cpp_op()(x3.contiguous(), w, m, a, bias, gamma, beta, scale_shift, res3,
                                      ACTIVATIONS[act], eps)

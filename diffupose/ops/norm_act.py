@@ -82,6 +82,21 @@ def _cpp_op():
 # ---------------------------------------------------------------------------------------------
 # the public op
 # ---------------------------------------------------------------------------------------------
+def check_norm_args(op: str, x: Tensor, B: int, J: int, C: int, gamma: Tensor, beta: Tensor,
+                    scale_shift: Optional[Tensor]) -> Optional[Tensor]:
+    """The training batch norm's arguments (norm_act, mgcn_norm): more than one row, gamma and beta
+    [C], scale_shift [1 or B, 2, C] (returned in x's dtype: activations travel in it)."""
+    if B * J < 2:
+        raise ValueError(f"{op}: a batch norm in training needs more than one row per channel, got {tuple(x.shape)}")
+    if tuple(gamma.shape) != (C,) or tuple(beta.shape) != (C,):
+        raise ValueError(f"{op}: gamma and beta must be [{C}], got {tuple(gamma.shape)}, {tuple(beta.shape)}")
+    if scale_shift is None:
+        return None
+    if scale_shift.dim() != 3 or scale_shift.shape[1:] != (2, C) or scale_shift.shape[0] not in (1, B):
+        raise ValueError(f"{op}: scale_shift must be [1 or {B}, 2, {C}], got {tuple(scale_shift.shape)}")
+    return scale_shift.to(x.dtype)
+
+
 def norm_act(pre: Tensor, gamma: Tensor, beta: Tensor, scale_shift: Optional[Tensor] = None,
              residual: Optional[Tensor] = None, act: str = "none", eps: float = 1e-5,
              backend: Optional[str] = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -93,15 +108,7 @@ def norm_act(pre: Tensor, gamma: Tensor, beta: Tensor, scale_shift: Optional[Ten
     J, C = pre.shape[-2:]
     pre3 = pre.reshape(-1, J, C)
     B = pre3.shape[0]
-    if B * J < 2:
-        raise ValueError(f"norm_act: a batch norm in training needs more than one row per channel, got "
-                         f"{tuple(pre.shape)}")
-    if tuple(gamma.shape) != (C,) or tuple(beta.shape) != (C,):
-        raise ValueError(f"norm_act: gamma and beta must be [{C}], got {tuple(gamma.shape)}, {tuple(beta.shape)}")
-    if scale_shift is not None:
-        if scale_shift.dim() != 3 or scale_shift.shape[1:] != (2, C) or scale_shift.shape[0] not in (1, B):
-            raise ValueError(f"norm_act: scale_shift must be [1 or {B}, 2, {C}], got {tuple(scale_shift.shape)}")
-        scale_shift = scale_shift.to(pre.dtype)
+    scale_shift = check_norm_args("norm_act", pre, B, J, C, gamma, beta, scale_shift)
     if residual is not None:
         if tuple(residual.shape) != tuple(pre.shape):
             raise ValueError(f"norm_act: residual must be {tuple(pre.shape)}, got {tuple(residual.shape)}")
