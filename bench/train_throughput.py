@@ -46,7 +46,6 @@ from diffupose import layers, ops  # noqa: E402
 from diffupose.baselines import busy_processes, compile_counts, reset_compiled  # noqa: E402
 from diffupose.diffusion import Diffusion, DiffusionConfig, joint_weights  # noqa: E402
 from diffupose.model import ModelConfig, build_model  # noqa: E402
-from diffupose.ops.mgcn import epilogue_ref  # noqa: E402
 from diffupose.training import adam, amp_dtype, hold_heap  # noqa: E402
 
 
@@ -60,12 +59,6 @@ def layer_as(form):
         yield
     finally:
         layers.ModulatedGraphConv.train_norm_cpu = fused
-
-
-def _norm_in_torch(self, x, scale_shift, residual, backend):
-    """The convolution as the fused op, then F.batch_norm, FiLM, act and residual in PyTorch."""
-    pre = ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, None, None, "none", backend)
-    return epilogue_ref(self.norm(pre), scale_shift, residual, self.act)
 
 
 @contextlib.contextmanager
@@ -84,7 +77,7 @@ def one_gemm():
 
 CPU_VARIANTS = {  # row -> the context it runs in
     "cpu/two-ops": lambda: layer_as(layers.ModulatedGraphConv.train_norm_two_ops),
-    "cpu/norm-in-torch": lambda: layer_as(_norm_in_torch),
+    "cpu/norm-in-torch": lambda: layer_as(layers.ModulatedGraphConv.train_norm_torch),
     "cpu/one-gemm": one_gemm,
 }
 

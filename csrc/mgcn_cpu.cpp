@@ -197,6 +197,7 @@ int64_t group_samples(int64_t B, int64_t J) {
   const int64_t g = std::max(by_rows, (B + kMaxGroups - 1) / kMaxGroups);
   return (g + kTileSamples - 1) / kTileSamples * kTileSamples;
 }
+int64_t group_count(int64_t B, int64_t J) { return (B + group_samples(B, J) - 1) / group_samples(B, J); }
 
 // A sample's scale-shift widened: scale1 = 1 + scale, shift.
 template <typename T, typename xt>
@@ -317,6 +318,9 @@ void stream_copy(float* dst, const float* src, int64_t n) {
 #endif
   for (; i < n; ++i) dst[i] = src[i];
 }
+// GEMM outputs that go through a thread's scratch and stream_copy (float; double tests write directly)
+template <typename T>
+constexpr bool kStreamOut = std::is_same_v<T, float>;
 
 // keep: H of the whole batch [B*J, 2 Cout] to write (training), or undefined (inference: chunks).
 // Training with group GEMMs (group_gemm_flag()): one parallel region over fixed groups of samples,
@@ -331,23 +335,21 @@ void mgcn_fwd_cpu_impl(const at::Tensor& xw, const Params<at::opmath_type<xt>>& 
                        double* stats = nullptr) {
   using T = at::opmath_type<xt>;
   if (keep.defined() && (group_gemm_flag() || stats)) {
-    const int64_t G = group_samples(B, J);
-    const int64_t groups = (B + G - 1) / G;
+    const int64_t G = group_samples(B, J), groups = group_count(B, J);
     // float: each group's GEMM into the thread's own scratch (hot in its L2 for the aggregation),
-    // then streamed to keep (stream_copy); double (tests, gradcheck): straight into keep
-    constexpr bool kStream = std::is_same_v<T, float>;
+    // then streamed to keep; double (tests, gradcheck): straight into keep
     parallel_claim(groups, [&](const auto& next) {
       const ScopedFlushDenormals ftz;
       FwdScratch<T> w(J, Cout);
-      at::Tensor hs = kStream ? at::empty({std::min(G, B) * J, 2 * Cout}, keep.options()) : at::Tensor();
+      at::Tensor hs = kStreamOut<T> ? at::empty({std::min(G, B) * J, 2 * Cout}, keep.options()) : at::Tensor();
       for (int64_t g; (g = next()) < groups;) {
         const int64_t b0 = g * G, nb = std::min(G, B - b0);
-        at::Tensor hk = keep.narrow(0, b0 * J, nb * J), hc = kStream ? hs.narrow(0, 0, nb * J) : hk;
+        at::Tensor hk = keep.narrow(0, b0 * J, nb * J), hc = kStreamOut<T> ? hs.narrow(0, 0, nb * J) : hk;
         at::mm_out(hc, xw.narrow(0, b0 * J, nb * J), p.wcat);
         double* st = stats ? stats + g * 2 * Cout : nullptr;
         if (st) std::fill(st, st + 2 * Cout, 0.0);
         fwd_samples<T, xt>(p, hc.data_ptr<T>(), b0, 0, nb, ss, ss_rows, res, out, pre, J, Cout, act, w, st);
-        if constexpr (kStream) stream_copy(hk.data_ptr<float>(), hc.data_ptr<float>(), nb * J * 2 * Cout);
+        if constexpr (kStreamOut<T>) stream_copy(hk.data_ptr<float>(), hc.data_ptr<float>(), nb * J * 2 * Cout);
       }
     });
     return;
@@ -514,7 +516,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (group_gemm_flag()) {
     // per group (mgcn_fwd_cpu_impl's groups): its tiles, then dx of its rows and its partial
     // d[w0 | w1], in its thread, while its dH is in cache; the partials summed in group order
-    const int64_t G = group_samples(B, J), groups = (B + G - 1) / G;
+    const int64_t G = group_samples(B, J), groups = group_count(B, J);
     dxw = at::empty({B * J, d.Cin}, o);
     at::Tensor dwg = at::empty({groups, d.Cin, 2 * Cout}, o);
     const at::Tensor wt = p.wcat.t();
@@ -525,17 +527,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       // the two GEMMs only, so it stays in the core's cache (~0.5 MB at Cout 128) and never
       // goes to memory (a batch-wide dH was 2 B J Cout floats written and read back per layer)
       at::Tensor dHs = at::empty({std::min(G, B) * J, 2 * Cout}, o);
-      constexpr bool kStream = std::is_same_v<T, float>;  // dx as the forward's H (stream_copy)
-      at::Tensor dxs = kStream ? at::empty({std::min(G, B) * J, d.Cin}, o) : at::Tensor();
+      at::Tensor dxs = kStreamOut<T> ? at::empty({std::min(G, B) * J, d.Cin}, o) : at::Tensor();
       for (int64_t g; (g = next()) < groups;) {
         const int64_t b0 = g * G, nb = std::min(G, B - b0);
         tiles_of(b0 / kTileSamples, (b0 + nb + kTileSamples - 1) / kTileSamples, sc, dHs.data_ptr<T>(), b0);
         const at::Tensor dHg = dHs.narrow(0, 0, nb * J);
-        at::Tensor dxk = dxw.narrow(0, b0 * J, nb * J), dxg = kStream ? dxs.narrow(0, 0, nb * J) : dxk;
+        at::Tensor dxk = dxw.narrow(0, b0 * J, nb * J), dxg = kStreamOut<T> ? dxs.narrow(0, 0, nb * J) : dxk;
         at::Tensor dwgg = dwg.select(0, g);
         at::mm_out(dxg, dHg, wt);
         at::mm_out(dwgg, xw.narrow(0, b0 * J, nb * J).t(), dHg);
-        if constexpr (kStream) stream_copy(dxk.data_ptr<float>(), dxg.data_ptr<float>(), nb * J * d.Cin);
+        if constexpr (kStreamOut<T>) stream_copy(dxk.data_ptr<float>(), dxg.data_ptr<float>(), nb * J * d.Cin);
       }
     });
     dw_parts = dwg;  // summed in group order below
@@ -639,7 +640,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mgcn_norm
     const at::ScalarType op = c10::CppTypeToScalarType<T>::value;
     const Params<T> p = widen<T>(w, m, a, &bias, op);
     const at::Tensor xw = x.view({B * J, d.Cin}).to(op);
-    const int64_t groups = (B + group_samples(B, J) - 1) / group_samples(B, J);
+    const int64_t groups = group_count(B, J);
     at::Tensor stats = at::empty({groups, 2, Cout}, x.options().dtype(at::kDouble));  // zeroed per group
     mgcn_fwd_cpu_impl<xt>(xw, p, nullptr, 0, nullptr, pre.data_ptr<xt>(), nullptr, h, B, J, Cout, kActNone,
                           stats.data_ptr<double>());

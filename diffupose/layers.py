@@ -111,7 +111,13 @@ class ModulatedGraphConv(nn.Module):
         backend = ops.resolve(backend, x.device)  # once for the ops (and the choice below)
         if isinstance(self.norm, ChannelBatchNorm) and backend == "cpu":
             return self.train_norm_cpu(x, scale_shift, residual, backend)
-        # the op computes `pre`, then the normalisation and the epilogue run in PyTorch
+        return self.train_norm_torch(x, scale_shift, residual, backend)
+
+    def train_norm_torch(self, x: Tensor, scale_shift: Optional[Tensor], residual: Optional[Tensor],
+                         backend: str) -> Tensor:
+        """A training layer with a norm off the CPU kernels (or a layer norm): the op computes
+        `pre`, then the normalisation and the epilogue run in PyTorch (also the benchmark's
+        `cpu/norm-in-torch` row)."""
         pre = ops.mgcn(x, self.W, self.M, self.affinity(), self.bias, None, None, "none", backend)
         return epilogue_ref(self.norm(pre), scale_shift, residual, self.act)
 
