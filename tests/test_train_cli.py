@@ -70,3 +70,33 @@ def test_validation_holdout_is_recorded(tmp_path, capsys):
     capsys.readouterr()
     assert main([*common, "--out", str(tmp_path / "e"), "--val-subjects", "S8", "--val-fraction", "0.1"]) == 2
     assert "pass one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, want", [([], True), (["--compile"], True), (["--no-compile"], False)])
+def test_cpu_training_compiles_by_default(tmp_path, monkeypatch, flag, want):
+    """One CPU process compiles its training step unless told not to (the fastest step measured:
+    docs/BENCHMARKS.md); the Trainer is handed what the flags and the default say."""
+    import diffupose.training as training
+
+    seen = {}
+    real_init = training.Trainer.__init__
+
+    def spy(self, mcfg, dcfg, tcfg, *a, **k):
+        seen["compile"] = tcfg.compile
+        real_init(self, mcfg, dcfg, tcfg, *a, **k)
+
+    monkeypatch.setattr(training.Trainer, "__init__", spy)
+    fake_h36m(tmp_path / "h36m", subjects=ALL_SUBJECTS)
+    common = ["--data-dir", str(tmp_path / "h36m"), "--max-steps", "1", "--no-eval", "--device", "cpu", *SMALL]
+    assert main([*common, "--out", str(tmp_path / "run"), *flag]) == 0
+    assert seen["compile"] is want
+
+
+def test_compile_default_is_off_on_cuda_and_with_ddp():
+    import torch
+
+    from diffupose.recipes import compile_by_default
+
+    assert compile_by_default(torch.device("cpu"), distributed=False)
+    assert not compile_by_default(torch.device("cpu"), distributed=True)
+    assert not compile_by_default(torch.device("cuda"), distributed=False)
